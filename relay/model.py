@@ -1,0 +1,132 @@
+"""Plain data shared by every layer (a leaf module: imports nothing from relay).
+
+Message ids are ULID-like: 48 bits of milliseconds since the epoch followed by 80
+random bits, written as 26 characters of Crockford base32, so they sort by time
+as strings and as bytes.  They are what the SMTP `250` and the HTTP API hand back.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_message_id(now: float | None = None) -> str:
+    """A new 26-character, time-sortable message id."""
+    ms = int((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
+    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def message_id_time(message_id: str) -> float:
+    """The creation time (seconds since the epoch) encoded in a message id."""
+    value = 0
+    for ch in message_id[:10]:
+        value = (value << 5) | _CROCKFORD.index(ch)
+    return value / 1000.0
+
+
+def domain_of(address: str) -> str:
+    """The lower-cased domain of an address ('' for the null path or no '@')."""
+    at = address.rfind("@")
+    return address[at + 1 :].lower() if at >= 0 else ""
+
+
+class RcptStatus(enum.IntEnum):
+    """Where one recipient of a message stands."""
+
+    PENDING = 0  # not tried yet
+    DEFERRED = 1  # transient failure; will be retried
+    DELIVERED = 2  # final: 2xx from the destination
+    BOUNCED = 3  # final: permanent failure or expiry
+
+    @property
+    def is_final(self) -> bool:
+        return self >= RcptStatus.DELIVERED
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """One recipient of a spooled message and its state."""
+
+    address: str
+    status: RcptStatus = RcptStatus.PENDING
+    reply: str = ""  # the last reply, e.g. "450 4.2.0 mailbox busy"
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One delivery attempt, for the message's history."""
+
+    at: float
+    mx: str
+    recipients: tuple[str, ...]
+    reply: str
+    duration: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientResult:
+    """The outcome of one delivery attempt for one recipient."""
+
+    address: str
+    status: RcptStatus  # DELIVERED, DEFERRED or BOUNCED
+    reply: str
+    mx: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """What ingest hands to the spool: an envelope and complete content."""
+
+    sender: str  # reverse-path without brackets; "" is the null path <>
+    recipients: tuple[str, ...]
+    content: bytes  # the complete RFC 5322 message with CRLF line endings
+    tenant: str = ""
+    campaign: str = ""
+    tags: tuple[str, ...] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    send_at: float | None = None  # not before this time (seconds since the epoch)
+    smtputf8: bool = False
+    body_8bit: bool = False
+    message_id: str | None = None  # pre-assigned id (ingest may assign it to add headers)
+
+
+@dataclass(frozen=True, slots=True)
+class MessageMeta:
+    """A spooled message without its content: what the spool keeps per message."""
+
+    id: str
+    sender: str
+    recipients: tuple[Recipient, ...]
+    created: float
+    expires: float
+    next_attempt: float
+    size: int
+    attempts: int = 0
+    tenant: str = ""
+    campaign: str = ""
+    tags: tuple[str, ...] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    send_at: float | None = None
+    smtputf8: bool = False
+    body_8bit: bool = False
+    history: tuple[Attempt, ...] = ()
+
+    @property
+    def is_final(self) -> bool:
+        return all(r.status.is_final for r in self.recipients)
+
+    def pending(self) -> tuple[Recipient, ...]:
+        """Recipients still to be delivered (PENDING or DEFERRED)."""
+        return tuple(r for r in self.recipients if not r.status.is_final)
