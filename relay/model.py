@@ -130,3 +130,19 @@ class MessageMeta:
     def pending(self) -> tuple[Recipient, ...]:
         """Recipients still to be delivered (PENDING or DEFERRED)."""
         return tuple(r for r in self.recipients if not r.status.is_final)
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRecord:
+    """What the scheduler needs of a queued message: no content, no addresses.
+
+    The spool keeps one per queued message in its schedule index, so recovery
+    reads these without decoding full metadata.
+    """
+
+    id: str
+    next_attempt: float
+    expires: float
+    tenant: str
+    campaign: str
+    domains: tuple[str, ...]  # recipient domains with recipients not yet final
