@@ -22,7 +22,15 @@ ALLOWED: dict[str, set[str]] = {
     "scheduler": {"spool", "model", "errors", "log", "config"},
     "ingest": {"spool", "scheduler", "model", "errors", "log", "config", "dkim"},
     "delivery": {
-        "net", "proto", "scheduler", "spool", "ingest", "model", "errors", "log", "config",
+        "net",
+        "proto",
+        "scheduler",
+        "spool",
+        "ingest",
+        "model",
+        "errors",
+        "log",
+        "config",
         "fastparse",
     },
     "submission": {"net", "proto", "ingest", "model", "errors", "log", "config", "fastparse"},
@@ -33,8 +41,19 @@ ALLOWED: dict[str, set[str]] = {
 }
 
 # Standard-library and third-party modules the sans-IO core must never import.
-PROTO_FORBIDDEN = {"trio", "lmdb", "socket", "ssl", "time", "logging", "structlog", "asyncio",
-                   "selectors", "threading", "datetime"}
+PROTO_FORBIDDEN = {
+    "trio",
+    "lmdb",
+    "socket",
+    "ssl",
+    "time",
+    "logging",
+    "structlog",
+    "asyncio",
+    "selectors",
+    "threading",
+    "datetime",
+}
 
 
 def _layer_of(path: Path) -> str:

@@ -1,0 +1,454 @@
+"""Typed configuration: one TOML file, validated at start, with environment overrides.
+
+Theory of operation: the configuration is a tree of frozen dataclasses whose field
+types and defaults ARE the schema.  `load_config()` walks the TOML document against
+that tree: an unknown key, a value of the wrong type or an impossible value raises
+ConfigError naming the key (dotted), the file and what was expected.  Durations may
+be written as numbers of seconds or strings like "90s", "5m", "4h", "5d"; sizes as
+numbers of bytes or strings like "512KiB", "50MB", "64GiB".  Environment variables
+`RELAY_<SECTION>_<KEY>` (upper case) override file values, e.g.
+`RELAY_SUBMISSION_MAX_RECIPIENTS=500`; list values in the environment are
+comma-separated.  Every default is usable as is: `Config()` is the embedded
+development configuration (loopback listeners, data under ./relay-data).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from relay.errors import ConfigError
+
+Duration = typing.NewType("Duration", float)
+Size = typing.NewType("Size", int)
+
+TlsMode = Literal["opportunistic", "required", "required-verify", "disabled"]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Process-wide settings."""
+
+    hostname: str = "relay.localhost"  # greeting, EHLO and Received name; never from DNS
+    data_dir: str = "relay-data"
+    workers: int = 1  # shard processes; 0 = one per core
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_json: bool | None = None  # None: JSON when stderr is not a terminal
+    shutdown_grace: Duration = Duration(25.0)
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    """The LMDB spool of each shard."""
+
+    map_size: Size = Size(64 << 30)
+    max_age: Duration = Duration(5 * 86400.0)  # then pending recipients bounce with 4.4.7
+    completed_ttl: Duration = Duration(7 * 86400.0)
+    write_timeout: Duration = Duration(30.0)
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Server certificate; empty paths mean a generated self-signed certificate."""
+
+    cert_file: str = ""
+    key_file: str = ""
+
+
+@dataclass(frozen=True)
+class SubmissionConfig:
+    """Authenticated submission listeners and their limits."""
+
+    listen: tuple[str, ...] = ("127.0.0.1:5870",)  # plain + STARTTLS (587 in production)
+    listen_tls: tuple[str, ...] = ("127.0.0.1:4650",)  # implicit TLS (465 in production)
+    require_tls: bool = True  # RFC 8314: AUTH and MAIL only after STARTTLS on the 587 port
+    # RFC 1870 SIZE, advertised in EHLO and enforced at MAIL and after DATA.
+    max_message_size: Size = Size(50 << 20)
+    # RFC 5321 4.5.3.1.8 requires at least 100; we refuse beyond this with 452 4.5.3.
+    max_recipients: int = 1000
+    # RFC 5321 4.5.3.1.4: command lines are at most 512 octets including CRLF.
+    max_command_line: int = 512
+    # RFC 5321 4.5.3.1.6: text lines are at most 1000 octets including CRLF.
+    max_text_line: int = 1000
+    max_errors: int = 10  # protocol errors before 421 and disconnect
+    max_messages_per_connection: int = 10_000
+    max_connections: int = 2000
+    max_connections_per_ip: int = 100
+    # RFC 5321 4.5.3.2: minimum server timeouts (5 min command, 3 min data block, 10 min end).
+    greeting_delay: Duration = Duration(0.0)  # early-talker detection window
+    command_timeout: Duration = Duration(300.0)
+    data_timeout: Duration = Duration(600.0)
+    tls_handshake_timeout: Duration = Duration(30.0)
+    bare_line_ending: Literal["reject", "normalize"] = "reject"
+    tenant_header: str = "X-Tenant"
+    campaign_header: str = "X-Campaign"
+    allow_tenant_header: bool = False  # else the tenant is the authenticated user's
+
+
+@dataclass(frozen=True)
+class RelayPortConfig:
+    """Optional port-25 listener relaying only for trusted networks (never an open relay)."""
+
+    listen: tuple[str, ...] = ()
+    trusted_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Brute-force protection for AUTH."""
+
+    max_failures: int = 5  # per client address within `failure_window`
+    failure_window: Duration = Duration(300.0)
+    lockout: Duration = Duration(900.0)
+    failure_delay: Duration = Duration(1.0)  # added per recent failure, capped at 5 s
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    """A static route: a domain (or "*") goes to a fixed host:port instead of its MX."""
+
+    domain: str = "*"
+    host: str = "127.0.0.1"
+    port: int = 25
+    tls: TlsMode = "opportunistic"
+    username: str = ""
+    password: str = ""
+
+
+@dataclass(frozen=True)
+class EgressSourceConfig:
+    """A source address to bind outbound connections to, with its EHLO name."""
+
+    name: str = "default"
+    address: str = ""  # "" = let the kernel choose
+    ehlo_name: str = ""  # "" = server.hostname
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    """Outbound delivery and shaping defaults (per MX site, split among shards)."""
+
+    nameservers: tuple[str, ...] = ()  # () = the system's resolvers
+    dns_port: int = 53
+    dns_timeout: Duration = Duration(5.0)
+    tls: TlsMode = "opportunistic"
+    ca_file: str = ""  # for required-verify; "" = the system's CA store
+    max_sessions_per_site: int = 20
+    initial_sessions_per_site: int = 4
+    max_messages_per_connection: int = 100
+    max_recipients_per_transaction: int = 100
+    message_rate_per_site: float = 0.0  # messages/s; 0 = unlimited
+    connection_rate_per_site: float = 0.0  # connections/s; 0 = unlimited
+    connect_timeout: Duration = Duration(30.0)
+    # RFC 5321 4.5.3.2: client timeouts (greeting 5 min, MAIL 5, RCPT 5, DATA 2, end 10).
+    command_timeout: Duration = Duration(300.0)
+    data_end_timeout: Duration = Duration(600.0)
+    idle_session_timeout: Duration = Duration(5.0)
+    retry_min: Duration = Duration(300.0)
+    retry_max: Duration = Duration(4 * 3600.0)
+    tls_failure_memory: Duration = Duration(3600.0)
+    pools: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # tenant -> sources
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+    relay_port: RelayPortConfig = field(default_factory=RelayPortConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    routes: tuple[RouteConfig, ...] = ()
+    egress: tuple[EgressSourceConfig, ...] = ()
+    source: str = "<defaults>"  # where it was loaded from (not a TOML key)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.server.data_dir)
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB|TB|TiB)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1, "kb": 1000, "kib": 1 << 10, "mb": 1000**2, "mib": 1 << 20,
+    "gb": 1000**3, "gib": 1 << 30, "tb": 1000**4, "tib": 1 << 40,
+}  # fmt: skip
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a string like "90s", "5m", "4h", "5d"."""
+    if isinstance(value, bool):
+        raise ValueError("a duration (seconds, or a string like '5m')")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration that is not negative")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    raise ValueError("a duration (seconds, or a string like '90s', '5m', '4h', '5d')")
+
+
+def parse_size(value: object) -> int:
+    """Bytes from a number or a string like "512KiB", "50MB", "64GiB"."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError("a size that is not negative")
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m:
+            return int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()]
+    raise ValueError("a size (bytes, or a string like '512KiB', '50MB', '64GiB')")
+
+
+def parse_hostport(value: str, *, default_port: int | None = None) -> tuple[str, int]:
+    """("host", port) from "host:port" or "[v6]:port"."""
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        if default_port is None:
+            raise ValueError(f"host:port, got {value!r}")
+        host, port = value, str(default_port)
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"host:port with a port from 1 to 65535, got {value!r}")
+    return host, int(port)
+
+
+def _convert(tp: Any, value: Any, key: str, where: str) -> Any:
+    """Convert and check one value against the annotated type `tp`."""
+
+    def fail(expected: str) -> ConfigError:
+        return ConfigError(f"{where}: {key}: expected {expected}, got {value!r}")
+
+    if tp is Duration:
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+    if tp is Size:
+        try:
+            return parse_size(value)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Literal:
+        if value not in args:
+            raise fail("one of " + ", ".join(repr(a) for a in args))
+        return value
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, key, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise fail(" or ".join(str(a) for a in args))
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise fail("a list")
+        item_type = args[0]
+        return tuple(_convert(item_type, v, f"{key}[{i}]", where) for i, v in enumerate(value))
+    if origin is Mapping or origin is dict:
+        if not isinstance(value, dict):
+            raise fail("a table")
+        vt = args[1]
+        return {str(k): _convert(vt, v, f"{key}.{k}", where) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise fail("a table")
+        return _build(tp, value, key, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise fail("true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail("an integer")
+        if value < 0:
+            raise fail("an integer that is not negative")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise fail("a number")
+        if value < 0:
+            raise fail("a number that is not negative")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise fail("a string")
+        return value
+    raise fail(f"a value of type {tp}")  # pragma: no cover - schema error
+
+
+def _build(cls: Any, table: Mapping[str, Any], prefix: str, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
+    kwargs: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            known = ", ".join(sorted(names))
+            raise ConfigError(f"{where}: unknown key {dotted!r} (known here: {known})")
+        kwargs[key] = _convert(hints[key], value, dotted, where)
+    return cls(**kwargs)
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """RELAY_<SECTION>_<KEY>=value pairs as a nested table (values still strings)."""
+    out: dict[str, dict[str, Any]] = {}
+    sections = {
+        f.name: typing.get_type_hints(Config)[f.name]
+        for f in dataclasses.fields(Config)
+        if dataclasses.is_dataclass(typing.get_type_hints(Config)[f.name])
+    }
+    for name, raw in env.items():
+        if not name.startswith("RELAY_") or name == "RELAY_NO_EXTENSIONS":
+            continue
+        rest = name[len("RELAY_") :].lower()
+        for section, cls in sections.items():
+            if not rest.startswith(section + "_"):
+                continue
+            key = rest[len(section) + 1 :]
+            hints = typing.get_type_hints(cls)
+            if key not in hints:
+                continue
+            out.setdefault(section, {})[key] = _from_env_string(hints[key], raw)
+    return out
+
+
+def _from_env_string(tp: Any, raw: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    if tp is bool or (origin in (types.UnionType, typing.Union) and bool in typing.get_args(tp)):
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        return raw
+    if tp is int:
+        return int(raw) if raw.strip().lstrip("-").isdigit() else raw
+    if tp is float:
+        try:
+            return float(raw)
+        except ValueError:
+            return raw
+    return raw
+
+
+def _validate(cfg: Config) -> None:
+    where = cfg.source
+
+    def bad(key: str, msg: str) -> ConfigError:
+        return ConfigError(f"{where}: {key}: {msg}")
+
+    for key, addrs in (
+        ("submission.listen", cfg.submission.listen),
+        ("submission.listen_tls", cfg.submission.listen_tls),
+        ("relay_port.listen", cfg.relay_port.listen),
+    ):
+        for a in addrs:
+            try:
+                parse_hostport(a)
+            except ValueError as exc:
+                raise bad(key, f"expected {exc}") from None
+    for net in cfg.relay_port.trusted_networks:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise bad("relay_port.trusted_networks", f"{net!r} is not a CIDR network") from None
+    if bool(cfg.tls.cert_file) != bool(cfg.tls.key_file):
+        raise bad("tls", "cert_file and key_file go together: set both or neither")
+    for path_key, path in (
+        ("tls.cert_file", cfg.tls.cert_file),
+        ("tls.key_file", cfg.tls.key_file),
+    ):
+        if path and not Path(path).is_file():
+            raise bad(path_key, f"no such file: {path}")
+    if cfg.submission.max_command_line < 512:
+        raise bad("submission.max_command_line", "RFC 5321 4.5.3.1.4 requires at least 512")
+    if cfg.submission.max_text_line < 1000:
+        raise bad("submission.max_text_line", "RFC 5321 4.5.3.1.6 requires at least 1000")
+    if cfg.submission.max_recipients < 1:
+        raise bad("submission.max_recipients", "must be at least 1")
+    if cfg.delivery.max_sessions_per_site < 1:
+        raise bad("delivery.max_sessions_per_site", "must be at least 1")
+    if cfg.delivery.initial_sessions_per_site < 1:
+        raise bad("delivery.initial_sessions_per_site", "must be at least 1")
+    if cfg.delivery.max_messages_per_connection < 1:
+        raise bad("delivery.max_messages_per_connection", "must be at least 1")
+    if cfg.delivery.max_recipients_per_transaction < 1:
+        raise bad("delivery.max_recipients_per_transaction", "must be at least 1")
+    if cfg.delivery.retry_min > cfg.delivery.retry_max:
+        raise bad("delivery.retry_min", "must not exceed delivery.retry_max")
+    if not cfg.server.hostname or " " in cfg.server.hostname:
+        raise bad("server.hostname", "must be a host name")
+    for i, ns in enumerate(cfg.delivery.nameservers):
+        try:
+            ipaddress.ip_address(ns)
+        except ValueError:
+            raise bad(f"delivery.nameservers[{i}]", f"{ns!r} is not an IP address") from None
+    seen = set()
+    for i, route in enumerate(cfg.routes):
+        if route.domain in seen:
+            raise bad(f"routes[{i}].domain", f"{route.domain!r} is routed twice")
+        seen.add(route.domain)
+        if not 0 < route.port < 65536:
+            raise bad(f"routes[{i}].port", "must be from 1 to 65535")
+    names = {e.name for e in cfg.egress} | {"default"}
+    for tenant, sources in cfg.delivery.pools.items():
+        for s in sources:
+            if s not in names:
+                raise bad(f"delivery.pools.{tenant}", f"unknown egress source {s!r}")
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None
+) -> Config:
+    """Read, override from the environment, and validate; ConfigError on any problem."""
+    env = os.environ if env is None else env
+    where = str(path) if path is not None else "<defaults>"
+    doc: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                doc = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"{where}: no such configuration file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+    # TOML spells arrays of tables [[route]] / [[egress]]; accept both singular and plural.
+    for singular, plural in (("route", "routes"), ("egress_source", "egress")):
+        if singular in doc:
+            doc.setdefault(plural, doc.pop(singular))
+    for section, values in _env_overrides(env).items():
+        table = doc.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: {section}: expected a table")
+        table.update(values)
+    cfg: Config = _build(Config, doc, "", where)
+    cfg = dataclasses.replace(cfg, source=where)
+    _validate(cfg)
+    return cfg
