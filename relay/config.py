@@ -452,3 +452,18 @@ def load_config(
     cfg = dataclasses.replace(cfg, source=where)
     _validate(cfg)
     return cfg
+
+
+def spool_root(cfg: Config) -> Path:
+    """The directory holding one LMDB environment per shard."""
+    return cfg.data_path / "spool"
+
+
+def shard_dir(cfg: Config, shard: int) -> Path:
+    """The spool environment of shard number `shard`."""
+    return spool_root(cfg) / f"shard-{shard}"
+
+
+def accounts_dir(cfg: Config) -> Path:
+    """The LMDB environment beside the spool that holds users and API keys (all shards)."""
+    return cfg.data_path / "accounts"
