@@ -90,3 +90,55 @@ class UnknownMessageError(SpoolError, KeyError):
 
 class ConfigError(RelayError):
     """Invalid configuration: the message names the key, the file and what is expected."""
+
+
+# --- network: DNS, outbound connect, TLS (raised by relay.net) ------------------------
+
+
+class NetError(RelayError):
+    """Base of the network adapter errors."""
+
+
+class DnsError(NetError):
+    """A DNS lookup did not give a usable answer.
+
+    `enhanced` is the RFC 3463 status code to report (e.g. "5.1.10"), `text` a
+    short human-readable reason, `name` the name that was looked up.
+    """
+
+    def __init__(self, name: str, enhanced: str, text: str) -> None:
+        super().__init__(f"{enhanced} {name}: {text}")
+        self.name = name
+        self.enhanced = enhanced
+        self.text = text
+
+
+class DnsPermanentError(DnsError):
+    """The answer says mail cannot be delivered (NXDOMAIN, null MX, no address): bounce."""
+
+
+class DnsTemporaryError(DnsError):
+    """The lookup failed for now (SERVFAIL, timeout, unreachable servers): retry later."""
+
+
+class ConnectFailedError(NetError):
+    """No outbound TCP connection could be made; `attempts` is each (address, reason)."""
+
+    def __init__(self, port: int, attempts: list[tuple[str, str]]) -> None:
+        tried = "; ".join(f"{address}: {reason}" for address, reason in attempts) or "none"
+        super().__init__(f"could not connect to port {port} (tried {tried})")
+        self.port = port
+        self.attempts = attempts
+
+
+class TlsHandshakeError(NetError):
+    """The TLS handshake failed or timed out; the connection has been closed."""
+
+    def __init__(self, reason: str, *, timed_out: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.timed_out = timed_out
+
+
+class DuplicateMessageError(SpoolError):
+    """A message with that id is already queued (a pre-assigned id was used twice)."""

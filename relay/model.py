@@ -146,3 +146,12 @@ class ScheduleRecord:
     tenant: str
     campaign: str
     domains: tuple[str, ...]  # recipient domains with recipients not yet final
+
+
+class TlsMode(enum.StrEnum):
+    """How outbound delivery uses STARTTLS (per route or destination domain)."""
+
+    DISABLED = "disabled"  # never start TLS
+    OPPORTUNISTIC = "opportunistic"  # TLS when offered, no certificate check; clear on failure
+    REQUIRED = "required"  # TLS or no delivery; certificate not checked
+    REQUIRED_VERIFY = "required-verify"  # TLS with the certificate and host name verified
