@@ -38,6 +38,7 @@ ALLOWED: dict[str, set[str]] = {
     "config": {"errors", "model"},
     "log": set(),
     "dkim": {"errors", "model", "log", "config"},
+    "supervisor": {"log"},
     # the load generator and sink (`relay bench ...`): SMTP tools for any server
     "loadgen": {"net", "proto", "fastparse", "errors", "model", "log", "config"},
 }
