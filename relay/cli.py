@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -69,7 +70,7 @@ def _with_users(cfg: Config, action: Callable[[UserStore], Awaitable[T]]) -> T:
 def _read_password(password_stdin: bool) -> tuple[str, bool]:
     """The password from stdin, or a generated one (True when generated)."""
     if password_stdin:
-        password = click.get_text_stream("stdin").readline().rstrip("\r\n")
+        password = sys.stdin.readline().rstrip("\r\n")
         if len(password) < 8:
             raise click.ClickException("the password must have at least 8 characters")
         return password, False
@@ -196,6 +197,341 @@ def user_passwd(
     click.echo(f"password of {name} changed")
     if generated:
         click.echo(f"password: {password}")
+
+
+# ======================================================================================
+# relay queue: queue administration (owner: scheduler; relay.scheduler.admin does the work)
+#
+# Works on the spool directory of a running relay: LMDB lets this second process read
+# and write the same environment.  Changes are written to the spool; the running
+# scheduler re-reads suspensions and the requests left in the spool's "control" table
+# every few seconds, and checks every message against the spool when it falls due
+# (see relay.scheduler.control).  --spool is one shard directory, or a directory of
+# shard directories (each is handled in turn).
+# ======================================================================================
+
+from typing import TYPE_CHECKING  # noqa: E402 -- this section keeps its imports to itself
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from relay.model import MessageMeta
+    from relay.scheduler.admin import MessageFilter, QueueSummary
+    from relay.spool import Spool
+
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
+
+
+def _parse_duration(text: str) -> float:
+    """Seconds from "90", "90s", "15m", "2h", "3d" or "1w"."""
+    text = text.strip().lower()
+    unit = _DURATION_UNITS.get(text[-1:])
+    number = text[:-1] if unit is not None else text
+    try:
+        value = float(number) * (unit or 1.0)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a duration (e.g. 90, 15m, 2h, 3d)") from None
+    if value < 0:
+        raise click.BadParameter("a duration cannot be negative")
+    return value
+
+
+def _spool_shards(spool_dir: str) -> list[Path]:
+    """The shard directories under --spool: itself if it is one, else its shard children."""
+    from pathlib import Path
+
+    root = Path(spool_dir)
+    if (root / "data.mdb").is_file():
+        return [root]
+    shards = (
+        sorted(p for p in root.iterdir() if (p / "data.mdb").is_file()) if root.is_dir() else []
+    )
+    if not shards:
+        raise click.ClickException(f"no spool found in {spool_dir} (no data.mdb there or below)")
+    return shards
+
+
+def _on_each_shard(spool_dir: str, action: Callable[[Spool], Awaitable[T]]) -> list[tuple[Path, T]]:
+    """Open each shard's spool in turn and run `action` on it."""
+    from relay.errors import SpoolError
+    from relay.spool import open_spool
+
+    shards = _spool_shards(spool_dir)
+
+    async def run() -> list[tuple[Path, T]]:
+        results = []
+        for shard in shards:
+            async with open_spool(shard) as spool:
+                results.append((shard, await action(spool)))
+        return results
+
+    try:
+        return trio.run(run)
+    except SpoolError as exc:
+        raise click.ClickException(f"spool error: {exc}") from None
+
+
+def _when(at: float | None) -> str:
+    import datetime
+
+    if at is None:
+        return "-"
+    moment = datetime.datetime.fromtimestamp(at, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _filter_options(fn: Callable[..., None]) -> Callable[..., None]:
+    """The options that select messages, shared by retry, delete and bounce."""
+    options = [
+        click.option("--id", "ids", multiple=True, help="A message id (repeat)."),
+        click.option("--domain", help="Messages with a pending recipient in this domain."),
+        click.option("--tenant", help="Messages of this tenant."),
+        click.option("--campaign", help="Messages of this campaign."),
+        click.option("--sender", help="Envelope sender address, or @domain."),
+        click.option("--older-than", help="Only messages older than this (e.g. 2h, 3d)."),
+        click.option("--all", "everything", is_flag=True, help="Allow an empty filter."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _message_filter(
+    ids: tuple[str, ...],
+    domain: str | None,
+    tenant: str | None,
+    campaign: str | None,
+    sender: str | None,
+    older_than: str | None,
+    everything: bool,
+) -> MessageFilter:
+    from relay.scheduler.admin import MessageFilter
+
+    selection = MessageFilter(
+        ids=ids,
+        domain=domain.lower() if domain else None,
+        tenant=tenant,
+        campaign=campaign,
+        sender=sender,
+        older_than=None if older_than is None else _parse_duration(older_than),
+    )
+    if selection.is_empty() and not everything:
+        raise click.UsageError("no filter given: name messages (--id, --domain, ...) or pass --all")
+    return selection
+
+
+spool_option = click.option(
+    "--spool",
+    "spool_dir",
+    required=True,
+    envvar="RELAY_SPOOL",
+    type=click.Path(exists=True, file_okay=False),
+    help="Spool shard directory, or a directory of shards (env RELAY_SPOOL).",
+)
+
+
+@main.group("queue")
+def queue_group() -> None:
+    """Inspect and manage the queue (also of a running relay)."""
+
+
+def _print_summary(shard: Path, report: QueueSummary, top: int) -> None:
+    from relay.scheduler.admin import STATES
+
+    click.echo(f"spool {shard}: {report.messages} messages, {report.recipients} recipients")
+    if report.oldest is not None:
+        click.echo(f"  oldest message created {_when(report.oldest)}")
+    click.echo("  " + "  ".join(f"{state} {report.by_state[state]}" for state in STATES))
+    header = f"    {'':40} {'msgs':>8} {'rcpts':>8}" + "".join(f" {s:>9}" for s in STATES)
+    for title, table in (("domain", report.by_domain), ("tenant", report.by_tenant)):
+        if not table:
+            continue
+        click.echo(f"  by {title} (largest {top}):")
+        click.echo(header)
+        ranked = sorted(table.items(), key=lambda item: (-item[1].recipients, item[0]))
+        for name, counts in ranked[:top]:
+            cells = "".join(f" {getattr(counts, s):>9}" for s in STATES)
+            label = name or "(none)"
+            click.echo(f"    {label:40} {counts.messages:>8} {counts.recipients:>8}{cells}")
+    for s in report.suspensions:
+        until = f" until {_when(s.until)}" if s.until is not None else ""
+        reason = f" ({s.reason})" if s.reason else ""
+        click.echo(f"  suspended {s.kind} {s.name} since {_when(s.since)}{until}{reason}")
+
+
+@queue_group.command("summary")
+@spool_option
+@click.option("--top", default=20, show_default=True, help="Rows per table.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def queue_summary(spool_dir: str, top: int, as_json: bool) -> None:
+    """Queued messages and recipients by state, domain and tenant; suspensions."""
+    import json
+
+    from relay.scheduler import admin
+
+    async def action(spool: Spool) -> QueueSummary:
+        return admin.summary(spool)
+
+    for shard, report in _on_each_shard(spool_dir, action):
+        if as_json:
+            document = dataclasses.asdict(report)
+            document["spool"] = str(shard)
+            click.echo(json.dumps(document, sort_keys=True))
+        else:
+            _print_summary(shard, report, top)
+
+
+def _print_message(shard: Path, meta: MessageMeta) -> None:
+    state = "completed" if meta.is_final else "queued"
+    click.echo(f"message {meta.id} ({state}, spool {shard})")
+    rows = [
+        ("sender", f"<{meta.sender}>"),
+        ("tenant", meta.tenant or "-"),
+        ("campaign", meta.campaign or "-"),
+        ("size", str(meta.size)),
+        ("created", _when(meta.created)),
+        ("expires", _when(meta.expires)),
+        ("next attempt", _when(meta.next_attempt) if not meta.is_final else "-"),
+        ("send at", _when(meta.send_at)),
+        ("attempts", str(meta.attempts)),
+        ("tags", ", ".join(meta.tags) or "-"),
+    ]
+    for label, value in rows:
+        click.echo(f"  {label + ':':14} {value}")
+    click.echo("  recipients:")
+    for r in meta.recipients:
+        reply = f"  {r.reply}" if r.reply else ""
+        click.echo(f"    {r.address}  {r.status.name.lower()}  attempts={r.attempts}{reply}")
+    if meta.history:
+        click.echo("  history:")
+        for a in meta.history:
+            click.echo(
+                f"    {_when(a.at)}  mx={a.mx or '-'}  {len(a.recipients)} rcpt"
+                f"  {a.duration:.2f}s  {a.reply}"
+            )
+
+
+@queue_group.command("show")
+@click.argument("message_id")
+@spool_option
+def queue_show(message_id: str, spool_dir: str) -> None:
+    """One message: envelope, recipients with state and last reply, attempt history."""
+    from relay.scheduler import admin
+
+    async def action(spool: Spool) -> MessageMeta | None:
+        return admin.inspect(spool, message_id)
+
+    found = [(shard, meta) for shard, meta in _on_each_shard(spool_dir, action) if meta]
+    if not found:
+        raise click.ClickException(f"no message {message_id} in {spool_dir}")
+    for shard, meta in found:
+        _print_message(shard, meta)
+
+
+@queue_group.command("retry")
+@spool_option
+@_filter_options
+def queue_retry(spool_dir: str, **filters: object) -> None:
+    """Make the selected messages due now."""
+    from relay.scheduler import admin
+
+    selection = _message_filter(**filters)  # type: ignore[arg-type]
+
+    async def action(spool: Spool) -> int:
+        return len(await admin.retry_now(spool, selection))
+
+    for shard, count in _on_each_shard(spool_dir, action):
+        click.echo(f"spool {shard}: {count} messages due now")
+
+
+@queue_group.command("delete")
+@spool_option
+@_filter_options
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def queue_delete(spool_dir: str, yes: bool, **filters: object) -> None:
+    """Remove the selected messages without notice (no bounce)."""
+    from relay.scheduler import admin
+
+    selection = _message_filter(**filters)  # type: ignore[arg-type]
+    if not yes:
+        click.confirm("Delete the selected messages without notice?", abort=True)
+
+    async def action(spool: Spool) -> int:
+        return await admin.delete(spool, selection, everything=True)
+
+    for shard, count in _on_each_shard(spool_dir, action):
+        click.echo(f"spool {shard}: {count} messages deleted")
+
+
+@queue_group.command("bounce")
+@spool_option
+@_filter_options
+@click.option("--reason", default="", help="Text added to the bounce reply.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def queue_bounce(spool_dir: str, reason: str, yes: bool, **filters: object) -> None:
+    """Bounce the selected pending recipients (the running relay sends the DSNs)."""
+    from relay.scheduler import admin
+
+    selection = _message_filter(**filters)  # type: ignore[arg-type]
+    if not yes:
+        click.confirm("Bounce the selected recipients?", abort=True)
+
+    async def action(spool: Spool) -> int:
+        return await admin.bounce(spool, selection, reason=reason, everything=True)
+
+    for shard, count in _on_each_shard(spool_dir, action):
+        click.echo(f"spool {shard}: {count} recipients bounced")
+
+
+def _suspension_target(domain: str | None, tenant: str | None) -> tuple[str, str]:
+    if (domain is None) == (tenant is None):
+        raise click.UsageError("name exactly one of --domain or --tenant")
+    return ("domain", domain) if domain is not None else ("tenant", tenant or "")
+
+
+@queue_group.command("suspend")
+@spool_option
+@click.option("--domain", help="Recipient domain to hold back.")
+@click.option("--tenant", help="Tenant to hold back.")
+@click.option("--reason", default="", help="Why (shown in the summary).")
+@click.option("--for", "duration", help="Lift by itself after this long (e.g. 30m, 2h).")
+def queue_suspend(
+    spool_dir: str, domain: str | None, tenant: str | None, reason: str, duration: str | None
+) -> None:
+    """Hold back the mail of a domain or a tenant until resumed."""
+    from relay.scheduler import admin
+
+    kind, name = _suspension_target(domain, tenant)
+    seconds = None if duration is None else _parse_duration(duration)
+
+    async def action(spool: Spool) -> None:
+        await admin.suspend(spool, kind, name, reason=reason, duration=seconds)  # type: ignore[arg-type]
+
+    for shard, _ in _on_each_shard(spool_dir, action):
+        click.echo(f"spool {shard}: {kind} {name} suspended")
+
+
+@queue_group.command("resume")
+@spool_option
+@click.option("--domain", help="Recipient domain to release.")
+@click.option("--tenant", help="Tenant to release.")
+def queue_resume(spool_dir: str, domain: str | None, tenant: str | None) -> None:
+    """Lift the suspension of a domain or a tenant."""
+    from relay.scheduler import admin
+
+    kind, name = _suspension_target(domain, tenant)
+
+    async def action(spool: Spool) -> bool:
+        return await admin.resume(spool, kind, name)  # type: ignore[arg-type]
+
+    for shard, lifted in _on_each_shard(spool_dir, action):
+        state = "resumed" if lifted else "was not suspended"
+        click.echo(f"spool {shard}: {kind} {name} {state}")
+
+
+# ======================================================================================
+# end of relay queue
+# ======================================================================================
 
 
 if __name__ == "__main__":  # pragma: no cover
