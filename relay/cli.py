@@ -534,5 +534,348 @@ def queue_resume(spool_dir: str, domain: str | None, tenant: str | None) -> None
 # ======================================================================================
 
 
+# ======================================================================================
+# relay bench: load benchmarking tools (owner: loadgen; relay.loadgen does the work)
+#
+# `relay bench sink` is a fast fake MX (faults, receiver policy, records, --workers N
+# on one port); `relay bench send` a load generator for any SMTP server.  Both keep
+# stdout for the JSON result and write progress to stderr.
+# ======================================================================================
+
+import contextlib  # noqa: E402 -- this section keeps its imports to itself
+import functools  # noqa: E402
+from collections.abc import Mapping  # noqa: E402
+from typing import Any  # noqa: E402
+
+
+def _bench_error(exc: BaseException) -> click.ClickException:
+    """A one-line error from an exception (trio nurseries wrap a lone error in a group)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return click.ClickException(str(exc) or type(exc).__name__)
+
+
+@main.group("bench")
+def bench_group() -> None:
+    """Load benchmarking: a fake MX (sink) and a load generator (send)."""
+
+
+@bench_group.command("sink")
+@click.option("--host", default="127.0.0.1", show_default=True, help="IP address to listen on.")
+@click.option("--port", default=2525, show_default=True, type=int, help="0: a free port.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 256))
+@click.option("--hostname", default="sink.test", show_default=True, help="Name in replies.")
+@click.option("--no-pipelining", is_flag=True, help="Do not announce PIPELINING.")
+@click.option("--starttls", is_flag=True, help="Offer STARTTLS.")
+@click.option("--implicit-tls", is_flag=True, help="TLS from the first byte (as port 465).")
+@click.option("--cert", type=click.Path(dir_okay=False, exists=True), help="PEM certificate.")
+@click.option("--key", type=click.Path(dir_okay=False, exists=True), help="PEM private key.")
+@click.option(
+    "--auth", "auth_users", multiple=True, help="USER:PASSWORD (repeatable): require AUTH."
+)
+@click.option("--max-size", default="64m", show_default=True, help="Message size limit.")
+@click.option(
+    "--fault",
+    "fault_specs",
+    multiple=True,
+    help="STAGE:KIND=VALUE, e.g. rcpt:4xx=0.01, data:delay=0.1.",
+)
+@click.option("--disconnect-after", default=0, type=int, help="421 and close after N messages.")
+@click.option("--tarpit", default=0.0, type=float, help="Seconds between reply bytes.")
+@click.option("--seed", type=int, help="Seed of the fault RNG (reproducible runs).")
+@click.option(
+    "--max-conn-per-client", default=0, type=int, help="Concurrent connections (421 4.7.0)."
+)
+@click.option(
+    "--max-msgs-per-conn", default=0, type=int, help="Messages per connection (421 4.7.0)."
+)
+@click.option("--max-rate", default=0.0, type=float, help="Messages/s per client (450 4.7.1).")
+@click.option("--rate-burst", default=0, type=int, help="Token bucket size for --max-rate.")
+@click.option(
+    "--records-out", type=click.Path(dir_okay=False), help="CSV of every accepted message."
+)
+@click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the summary here.")
+@click.option("--interval", default=5.0, show_default=True, type=float, help="Status line period.")
+@click.option("--duration", type=float, help="Stop after this many seconds (default: on signal).")
+@click.option("--quiet", is_flag=True, help="No status lines on stderr.")
+def bench_sink(
+    host: str,
+    port: int,
+    workers: int,
+    hostname: str,
+    no_pipelining: bool,
+    starttls: bool,
+    implicit_tls: bool,
+    cert: str | None,
+    key: str | None,
+    auth_users: tuple[str, ...],
+    max_size: str,
+    fault_specs: tuple[str, ...],
+    disconnect_after: int,
+    tarpit: float,
+    seed: int | None,
+    max_conn_per_client: int,
+    max_msgs_per_conn: int,
+    max_rate: float,
+    rate_burst: int,
+    records_out: str | None,
+    json_out: str | None,
+    interval: float,
+    duration: float | None,
+    quiet: bool,
+) -> None:
+    """A fast fake MX: accept, count and discard mail until SIGINT/SIGTERM.
+
+    Prints "sink: listening on HOST:PORT" on stderr when ready, a status line every
+    --interval seconds, and the JSON summary on stdout at exit.
+    """
+    import json
+    from pathlib import Path
+
+    from relay.loadgen import ReceiverPolicy, SinkConfig
+    from relay.loadgen.console import sink_status_line
+    from relay.loadgen.options import build_faults, parse_credentials, parse_size
+    from relay.loadgen.sinkrun import run_sink, write_records
+    from relay.log import configure_logging
+
+    configure_logging("error")
+    try:
+        config = SinkConfig(
+            host=host,
+            port=port,
+            hostname=hostname,
+            pipelining=not no_pipelining,
+            starttls=starttls,
+            implicit_tls=implicit_tls,
+            cert_file=Path(cert) if cert else None,
+            key_file=Path(key) if key else None,
+            auth_users=dict(parse_credentials(u) for u in auth_users),
+            max_message_size=parse_size(max_size),
+            faults=build_faults(
+                fault_specs, disconnect_after=disconnect_after, tarpit=tarpit, seed=seed
+            ),
+            policy=ReceiverPolicy(
+                max_connections_per_client=max_conn_per_client,
+                max_messages_per_connection=max_msgs_per_conn,
+                max_message_rate=max_rate,
+                rate_burst=rate_burst,
+            ),
+            record=records_out is not None,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+    previous: list[dict[str, object]] = []
+
+    def ready(bound: int) -> None:
+        click.echo(f"sink: listening on {host}:{bound} ({workers} worker(s))", err=True)
+
+    def status(stats: Mapping[str, Any]) -> None:
+        if not quiet:
+            click.echo(sink_status_line(stats, previous[-1] if previous else None), err=True)
+        previous[:] = [dict(stats)]
+
+    try:
+        result = run_sink(
+            config,
+            workers=workers,
+            interval=interval,
+            duration=duration,
+            on_status=status,
+            on_ready=ready,
+        )
+    except (OSError, RuntimeError, TimeoutError, EOFError, BaseExceptionGroup) as exc:
+        raise _bench_error(exc) from None
+    summary = json.dumps(result.to_json(), indent=2)
+    if json_out:
+        Path(json_out).write_text(summary + "\n")
+    if records_out:
+        write_records(Path(records_out), result)
+    click.echo(summary)
+
+
+@bench_group.command("send")
+@click.argument("target")
+@click.option("--sessions", default=10, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--messages", type=click.IntRange(0), help="Messages in total (default 1000).")
+@click.option("--duration", type=float, help="Send for this many seconds instead.")
+@click.option("--time-limit", default=3600.0, show_default=True, type=float, help="Hard cap (s).")
+@click.option("--size", default="5k", show_default=True, help="Message size: 5120, 5k, 1m.")
+@click.option("--recipients", default=1, show_default=True, type=click.IntRange(1, 1000))
+@click.option(
+    "--domains", default="example.test", show_default=True, help='e.g. "a.test:3,b.test:1"'
+)
+@click.option("--from", "sender", default="bench@loadgen.test", show_default=True)
+@click.option("--messages-per-connection", default=0, type=click.IntRange(0), help="0: unlimited.")
+@click.option("--auth", "credentials", help="USER:PASSWORD for AUTH PLAIN (or LOGIN).")
+@click.option("--starttls", is_flag=True, help="Use STARTTLS.")
+@click.option("--tls", "implicit_tls", is_flag=True, help="Implicit TLS (port 465 style).")
+@click.option("--cafile", type=click.Path(dir_okay=False, exists=True), help="Verify against it.")
+@click.option("--tls-hostname", help="Name to verify (default: the target host).")
+@click.option("--no-pipelining", is_flag=True, help="One command per round trip.")
+@click.option("--rate", default=0.0, type=float, help="Cap in messages/s (0: none).")
+@click.option("--helo", default="loadgen.test", show_default=True, help="EHLO name.")
+@click.option("--timeout", default=60.0, show_default=True, type=float, help="Per reply (s).")
+@click.option("--run-id", help="Prefix of the X-Bench-Id values (default: random).")
+@click.option(
+    "--ids-out", type=click.Path(dir_okay=False), help="CSV: bench_id,accepted_at,queue_id."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def bench_send(
+    target: str,
+    sessions: int,
+    messages: int | None,
+    duration: float | None,
+    time_limit: float,
+    size: str,
+    recipients: int,
+    domains: str,
+    sender: str,
+    messages_per_connection: int,
+    credentials: str | None,
+    starttls: bool,
+    implicit_tls: bool,
+    cafile: str | None,
+    tls_hostname: str | None,
+    no_pipelining: bool,
+    rate: float,
+    helo: str,
+    timeout: float,
+    run_id: str | None,
+    ids_out: str | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Load any SMTP server at TARGET (IP:PORT; names are never resolved).
+
+    Each message carries a unique X-Bench-Id; the report gives messages/s, MB/s,
+    latency percentiles from the end of DATA to the 250, and errors by reply.
+    """
+    import csv
+    import json
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from relay.loadgen.console import SendProgressBar, print_send_report
+    from relay.loadgen.message import parse_domain_mix
+    from relay.loadgen.options import parse_credentials, parse_size, parse_target
+    from relay.loadgen.send import run_send
+    from relay.loadgen.sendconfig import SendConfig, new_run_id
+    from relay.loadgen.sendreport import AcceptedMessage
+    from relay.log import configure_logging
+
+    configure_logging("error")
+    if starttls and implicit_tls:
+        raise click.BadParameter("choose --starttls or --tls, not both")
+    try:
+        host, port = parse_target(target)
+        config = SendConfig(
+            host=host,
+            port=port,
+            sessions=sessions,
+            messages=messages,
+            duration=duration,
+            time_limit=time_limit,
+            size=parse_size(size),
+            recipients=recipients,
+            domains=parse_domain_mix(domains),
+            sender=sender,
+            messages_per_connection=messages_per_connection,
+            auth=parse_credentials(credentials) if credentials else None,
+            tls="starttls" if starttls else "implicit" if implicit_tls else "none",
+            cafile=Path(cafile) if cafile else None,
+            tls_hostname=tls_hostname,
+            pipelining=not no_pipelining,
+            rate=rate,
+            helo=helo,
+            reply_timeout=timeout,
+            run_id=run_id or new_run_id(),
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+    with contextlib.ExitStack() as stack:
+        on_accepted = None
+        if ids_out:
+            ids_file = stack.enter_context(Path(ids_out).open("w", newline=""))
+            writer = csv.writer(ids_file)
+            writer.writerow(["bench_id", "accepted_at", "queue_id"])
+
+            def on_accepted(message: AcceptedMessage) -> None:
+                writer.writerow([message.bench_id, f"{message.accepted_at:.6f}", message.queue_id])
+
+        bar = stack.enter_context(
+            SendProgressBar(config.total, config.duration, enabled=not quiet and not as_json)
+        )
+        try:
+            report = trio.run(
+                functools.partial(run_send, config, on_progress=bar.update, on_accepted=on_accepted)
+            )
+        except (OSError, BaseExceptionGroup) as exc:
+            raise _bench_error(exc) from None
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        print_send_report(report, Console())
+    if report.aborted:
+        raise click.ClickException(f"run aborted: {report.aborted}")
+
+
+# ======================================================================================
+# end of relay bench
+# ======================================================================================
+
+
+# ======================================================================================
+# relay serve: the server (listeners, scheduler, delivery) — one process per shard
+# ======================================================================================
+
+
+@main.command("serve")
+@config_option
+@data_dir_option
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Shard processes sharing the ports (0 = one per core; default: server.workers).",
+)
+@click.option("--shard", type=click.IntRange(min=0), default=None, hidden=True)
+@click.option("--shards", type=click.IntRange(min=1), default=1, hidden=True)
+def serve(
+    config_file: str | None,
+    data_dir: str | None,
+    workers: int | None,
+    shard: int | None,
+    shards: int,
+) -> None:
+    """Run relay: submission listeners, scheduler and delivery (embedded defaults
+    without --config: loopback listeners, data under ./relay-data)."""
+    from relay.app import run_shard
+    from relay.log import configure_logging
+    from relay.supervisor import default_workers, supervise
+
+    cfg = _load_cli_config(config_file, data_dir)
+    configure_logging(cfg.server.log_level, json=cfg.server.log_json)
+    if shard is not None:
+        if shard >= shards:
+            raise click.BadParameter("--shard must be below --shards")
+        trio.run(lambda: run_shard(cfg, shard=shard, shards=shards))
+        return
+    count = cfg.server.workers if workers is None else workers
+    count = count or default_workers()
+    if count == 1:
+        trio.run(lambda: run_shard(cfg))
+        return
+    base: list[str] = []
+    if config_file:
+        base += ["--config", config_file]
+    if data_dir:
+        base += ["--data-dir", data_dir]
+    raise SystemExit(supervise(base, count, grace=cfg.server.shutdown_grace))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -141,6 +141,7 @@ class DeliveryConfig:
     nameservers: tuple[str, ...] = ()  # () = the system's resolvers
     dns_port: int = 53
     dns_timeout: Duration = Duration(5.0)
+    mx_port: int = 25  # the port MX hosts are reached on (tests and lab setups change it)
     tls: TlsMode = "opportunistic"
     ca_file: str = ""  # for required-verify; "" = the system's CA store
     max_sessions_per_site: int = 20
@@ -217,16 +218,20 @@ def parse_size(value: object) -> int:
     raise ValueError("a size (bytes, or a string like '512KiB', '50MB', '64GiB')")
 
 
-def parse_hostport(value: str, *, default_port: int | None = None) -> tuple[str, int]:
-    """("host", port) from "host:port" or "[v6]:port"."""
+def parse_hostport(
+    value: str, *, default_port: int | None = None, allow_zero: bool = True
+) -> tuple[str, int]:
+    """("host", port) from "host:port" or "[v6]:port"; port 0 (listeners: any free
+    port) only with `allow_zero`."""
     host, sep, port = value.rpartition(":")
     if not sep:
         if default_port is None:
             raise ValueError(f"host:port, got {value!r}")
         host, port = value, str(default_port)
     host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"host:port with a port from 1 to 65535, got {value!r}")
+    lowest = 0 if allow_zero else 1
+    if not host or not port.isdigit() or not lowest <= int(port) < 65536:
+        raise ValueError(f"host:port with a port from {lowest} to 65535, got {value!r}")
     return host, int(port)
 
 

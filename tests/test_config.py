@@ -111,3 +111,6 @@ def test_unit_parsers() -> None:
     assert parse_hostport("[::1]:25") == ("::1", 25)
     with pytest.raises(ValueError):
         parse_hostport("127.0.0.1:99999")
+    with pytest.raises(ValueError):
+        parse_hostport("127.0.0.1:0", allow_zero=False)
+    assert parse_hostport("127.0.0.1:0") == ("127.0.0.1", 0)
