@@ -47,4 +47,4 @@ clean:
 	rm -rf build relay/_fastparse.c relay/*.so .pytest_cache .mypy_cache .ruff_cache
 
 run: build
-	$(BIN)/relay info
+	$(BIN)/relay demo

@@ -877,5 +877,42 @@ def serve(
     raise SystemExit(supervise(base, count, grace=cfg.server.shutdown_grace))
 
 
+# ======================================================================================
+# relay demo: the README's run command
+# ======================================================================================
+
+
+@main.command("demo")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False),
+    default="relay-demo",
+    show_default=True,
+    help="Working directory (wiped first).",
+)
+@click.option(
+    "--messages", type=click.IntRange(min=1, max=1_000_000), default=2000, show_default=True
+)
+@click.option("--sessions", type=click.IntRange(min=1, max=1000), default=20, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1, max=64), default=2, show_default=True)
+@click.option("--size", type=click.IntRange(min=100), default=5120, show_default=True)
+def demo(directory: str, messages: int, sessions: int, workers: int, size: int) -> None:
+    """Start relay with a route to a local fake MX, submit a batch over authenticated
+    SMTP, wait until every message is delivered, print a summary (loopback only)."""
+    from pathlib import Path
+
+    from relay.demo import print_summary, run_demo
+
+    result = trio.run(
+        lambda: run_demo(
+            Path(directory), messages=messages, sessions=sessions, workers=workers, size=size
+        )
+    )
+    print_summary(result)
+    if result.accepted != messages or result.delivered < result.accepted:
+        raise SystemExit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
