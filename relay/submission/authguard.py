@@ -1,9 +1,12 @@
 """Brute-force protection for AUTH: slow down, then refuse, per client address.
 
-Pure bookkeeping (takes `now`): the server asks `delay(ip, now)` before answering
-an AUTH attempt, `locked(ip, now)` before accepting one, and reports each result.
-Failures older than the window are forgotten; the table is bounded so a flood of
-addresses cannot make it grow without limit (the oldest entries go first).
+Pure bookkeeping (takes `now`): the server asks `locked(ip, now)` before
+considering an AUTH attempt, waits `delay(ip, now)` before answering it, and
+reports each failure.  A success does not wipe the address's failures: otherwise
+one customer holding valid credentials could interleave its own logins with
+guesses at another customer's password and never be locked out.  Failures older
+than the window are forgotten; the table is bounded so a flood of addresses
+cannot make it grow without limit (the oldest entries go first).
 """
 
 from __future__ import annotations
@@ -74,6 +77,6 @@ class AuthGuard:
             return True
         return False
 
-    def success(self, ip: str) -> None:
-        """A successful AUTH clears the address's failures."""
-        self._records.pop(ip, None)
+    def __len__(self) -> int:
+        """Addresses with recent failures or a lockout (bounded by `max_entries`)."""
+        return len(self._records)
