@@ -159,8 +159,12 @@ async def run_shard(
             await stop_requested.wait()
             grace = cfg.server.shutdown_grace
             log.info("draining", shard=shard, grace=grace)
+            deadline = trio.current_time() + grace
             submission.stop(grace)
-            await delivery.stop(trio.current_time() + grace)
+            await delivery.stop(deadline)
+            # Sessions inside a store finish it and get their 250 before we cancel.
+            with trio.move_on_at(deadline + 1.0):
+                await submission.stopped.wait()
             nursery.cancel_scope.cancel()
         log.info("stopped", shard=shard, queued=spool.count_queued())
 
