@@ -13,17 +13,7 @@ from typing import TYPE_CHECKING
 
 IMPLEMENTATION: str
 
-if TYPE_CHECKING:
-    from relay._fastparse_py import (
-        DataReader,
-        DotStuffer,
-        LineReader,
-        ReplyReader,
-        dot_stuff,
-    )
-
-    IMPLEMENTATION = "py"
-elif os.environ.get("RELAY_NO_EXTENSIONS") == "1":
+if TYPE_CHECKING or os.environ.get("RELAY_NO_EXTENSIONS") == "1":
     from relay._fastparse_py import DataReader, DotStuffer, LineReader, ReplyReader, dot_stuff
 
     IMPLEMENTATION = "py"
