@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 import trio
@@ -13,7 +13,9 @@ import trio
 from relay import __version__
 from relay.config import Config, accounts_dir, load_config
 from relay.errors import ConfigError
-from relay.submission.users import User, UserError, UserStore, generate_password
+
+if TYPE_CHECKING:  # the submission package is heavy to import: load it only when used
+    from relay.submission.users import User, UserStore
 
 T = TypeVar("T")
 
@@ -55,6 +57,7 @@ data_dir_option = click.option(
 
 def _with_users(cfg: Config, action: Callable[[UserStore], Awaitable[T]]) -> T:
     from relay.spool import open_spool
+    from relay.submission.users import UserError, UserStore
 
     async def run() -> T:
         accounts_dir(cfg).mkdir(parents=True, exist_ok=True)
@@ -69,6 +72,8 @@ def _with_users(cfg: Config, action: Callable[[UserStore], Awaitable[T]]) -> T:
 
 def _read_password(password_stdin: bool) -> tuple[str, bool]:
     """The password from stdin, or a generated one (True when generated)."""
+    from relay.submission.users import generate_password
+
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
         if len(password) < 8:

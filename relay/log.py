@@ -16,11 +16,22 @@ import structlog
 _SECRET_WORDS = ("password", "passwd", "secret", "token", "credential", "api_key", "auth_data")
 
 
-def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for key in list(event):
+_secret_keys: dict[str, bool] = {}  # key -> is it a secret (keys are few; cache the test)
+
+
+def _is_secret(key: str) -> bool:
+    known = _secret_keys.get(key)
+    if known is None:
         lowered = key.lower()
-        if any(word in lowered for word in _SECRET_WORDS):
-            event[key] = "[redacted]"
+        known = any(word in lowered for word in _SECRET_WORDS)
+        if len(_secret_keys) < 10_000:
+            _secret_keys[key] = known
+    return known
+
+
+def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key in [k for k in event if _is_secret(k)]:
+        event[key] = "[redacted]"
     return event
 
 
