@@ -11,7 +11,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from conftest import load_fastparse
+from fastparse_impls import load_fastparse
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
