@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
+import structlog
 from fastparse_impls import IMPLEMENTATIONS, load_fastparse
 
 
@@ -12,3 +14,10 @@ from fastparse_impls import IMPLEMENTATIONS, load_fastparse
 def fp(request: pytest.FixtureRequest) -> ModuleType:
     """Each fastparse implementation in turn."""
     return load_fastparse(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """Commands run in-process (click's CliRunner) configure structlog globally: undo it."""
+    yield
+    structlog.reset_defaults()
