@@ -44,6 +44,7 @@ class QueueState(enum.IntEnum):
     ACTIVE = 1
     PARKED = 2
     SUSPENDED = 3
+    RESOLVING = 4  # its ready key (DNS) is being looked up in the background
 
 
 class ScheduledQueue:

@@ -120,6 +120,10 @@ NO_OUTCOME_REPLY = "451 4.4.0 No outcome reported for this recipient"
 MAX_SLEEP = 30.0
 #: How long a scheduled queue waits after its ready-key function failed.
 READY_KEY_RETRY = 30.0
+#: Ready-key (DNS) lookups under way at once.
+RESOLVE_CONCURRENCY = 64
+#: How long the dispatcher waits for a ready-key lookup before moving on to other queues.
+INLINE_RESOLVE_WAIT = 0.02
 #: Serial of the placeholder "job" that marks a pair being expired.
 _EXPIRING = -1
 
@@ -127,6 +131,14 @@ _EXPIRING = -1
 async def domain_ready_key(domain: str, tenant: str) -> Hashable:
     """The default ready key: one ready queue per recipient domain."""
     return domain
+
+
+@dataclass(slots=True)
+class _Lookup:
+    """A ready-key lookup the dispatcher may stop waiting for (then it is detached)."""
+
+    done: trio.Event
+    detached: bool = False
 
 
 @dataclass(slots=True)
@@ -208,6 +220,9 @@ class Scheduler:
         self._kick = trio.Event()
         self._expiry_send: trio.MemorySendChannel[tuple[MessageMeta, str]] | None = None
         self._interned: dict[str, str] = {}
+        self._nursery: trio.Nursery | None = None
+        self._refreshing: set[QueueKey] = set()
+        self._resolve_limiter = trio.CapacityLimiter(RESOLVE_CONCURRENCY)
 
     # --- filling the queues -------------------------------------------------------------
 
@@ -335,6 +350,7 @@ class Scheduler:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the dispatcher, the expiry workers and the control task until cancelled."""
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             send, receive = trio.open_memory_channel[tuple[MessageMeta, str]](self._ready_capacity)
             self._expiry_send = send
             async with receive:
@@ -374,11 +390,36 @@ class Scheduler:
         if self.suspended(key.domain, key.tenant):
             queue.state = QueueState.SUSPENDED
             return
-        ready_key = await self._ready_key_of(queue)
-        if ready_key is None:  # the ready-key function failed: try the queue again later
-            queue.state = QueueState.IDLE
-            self._register_wakeup(queue, now_ms + int(READY_KEY_RETRY * 1000))
-            return
+        ready_key = queue.ready_key
+        if ready_key is None or trio.current_time() >= queue.ready_key_until:
+            if self._nursery is None:  # not running (direct calls in tests): look it up inline
+                ready_key = await self._ready_key_of(queue)
+                if ready_key is None:  # the ready-key function failed: try again later
+                    queue.state = QueueState.IDLE
+                    self._register_wakeup(queue, now_ms + int(READY_KEY_RETRY * 1000))
+                    return
+            elif ready_key is None:
+                # Never block the dispatcher on a slow lookup: resolve in the background,
+                # wait for it only briefly (cached answers and static routes come back
+                # at once), else come back to this queue when it is done.
+                lookup = _Lookup(trio.Event())
+                queue.state = QueueState.RESOLVING
+                self._nursery.start_soon(self._resolve, queue, lookup)
+                with trio.move_on_after(INLINE_RESOLVE_WAIT):
+                    await lookup.done.wait()
+                if not lookup.done.is_set():
+                    lookup.detached = True
+                    return
+                queue.state = QueueState.ACTIVE
+                ready_key = queue.ready_key
+                if ready_key is None:  # the ready-key function failed: try again later
+                    queue.state = QueueState.IDLE
+                    self._register_wakeup(queue, now_ms + int(READY_KEY_RETRY * 1000))
+                    return
+            elif queue.key not in self._refreshing:
+                # Serve the stale key while a fresh one is looked up.
+                self._refreshing.add(queue.key)
+                self._nursery.start_soon(self._resolve, queue)
         ready = self._ready_queue(ready_key)
         if ready.full:
             queue.state = QueueState.PARKED
@@ -393,6 +434,26 @@ class Scheduler:
             else:
                 queue.state = QueueState.IDLE
                 self._settle(queue, now_ms)
+
+    async def _resolve(self, queue: ScheduledQueue, lookup: _Lookup | None = None) -> None:
+        """Look a queue's ready key up in the background, then let the queue go on."""
+        try:
+            async with self._resolve_limiter:
+                ready_key = await self._ready_key_of(queue)
+        finally:
+            self._refreshing.discard(queue.key)
+        if lookup is not None:
+            lookup.done.set()
+            if not lookup.detached:
+                return  # the dispatcher waited for it and carries on with the queue
+        if queue.state is not QueueState.RESOLVING:
+            return  # a refresh of a key in use, or the queue moved on (suspended, ...)
+        queue.state = QueueState.IDLE
+        now_ms = due_ms(self._clock())
+        if ready_key is None:  # the ready-key function failed: try the queue again later
+            self._register_wakeup(queue, now_ms + int(READY_KEY_RETRY * 1000))
+        else:
+            self._settle(queue, now_ms)
 
     async def _ready_key_of(self, queue: ScheduledQueue) -> Hashable | None:
         """The ready key of a scheduled queue, cached for `ready_key_ttl` seconds."""

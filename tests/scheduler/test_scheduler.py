@@ -651,3 +651,29 @@ async def test_superseded_wakeups_do_not_pile_up(spool: Spool, autojump_clock: A
         assert job.message_id == metas[-1].id
         assert trio.current_time() == pytest.approx(10_000 - 1999, abs=0.01)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_slow_ready_key_lookup_does_not_hold_up_other_domains(
+    spool: Spool, autojump_clock: Any
+) -> None:
+    """A DNS lookup that hangs for one domain must not stall dispatch for the rest."""
+    release = trio.Event()
+
+    async def slow_for_one(domain: str, tenant: str) -> str:
+        if domain == "slow.example":
+            await release.wait()
+        return domain
+
+    announced = Announced()
+    async with trio.open_nursery() as nursery:
+        scheduler = await start(nursery, spool, on_ready_queue=announced, ready_key=slow_for_one)
+        slow, fast = await store(spool, [message("a@slow.example"), message("b@fast.example")])
+        scheduler.add(slow)
+        scheduler.add(fast)
+        job = await announced.job("fast.example")
+        assert job.message_id == fast.id
+        assert "slow.example" not in announced.queues
+        release.set()
+        job = await announced.job("slow.example")
+        assert job.message_id == slow.id
+        nursery.cancel_scope.cancel()
