@@ -3,10 +3,14 @@
 Theory of operation: a shard opens its spool (its own LMDB environment) and the
 accounts environment shared by all shards, reads every queued message back into
 the scheduler (recovery) BEFORE it listens, then runs the scheduler, the delivery
-engine and the submission listeners as tasks of one nursery.  Signals: SIGHUP
-reloads the TLS certificate for new connections; SIGTERM/SIGINT drain: listeners
-stop accepting at once, sessions and delivery transactions under way get
-`server.shutdown_grace` seconds to finish, then everything left is cancelled.
+engine, the submission listeners, the HTTP API and the webhook senders as tasks
+of one nursery; the event hub (relay.events) hears ingest, delivery and bounces
+and feeds the durable webhook queue and /metrics.  Signals: SIGHUP reloads the
+TLS certificate for new connections and the DKIM keys (a key that cannot be read
+leaves the old ones in use); SIGTERM/SIGINT drain: listeners stop accepting at
+once (/readyz answers 503), sessions, HTTP requests and delivery transactions
+under way get `server.shutdown_grace` seconds to finish, the events of the last
+outcomes are committed to the webhook queue, then everything left is cancelled.
 Whatever was not delivered is safe in the spool and the next start picks it up.
 """
 
@@ -20,7 +24,8 @@ from dataclasses import dataclass
 
 import trio
 
-from relay.config import Config, accounts_dir, shard_dir
+from relay.api import ApiService, Gauges
+from relay.config import Config, accounts_dir, parse_hostport, shard_dir
 from relay.delivery import (
     BounceGenerator,
     DeliveryEngine,
@@ -28,9 +33,11 @@ from relay.delivery import (
     destination_policy,
     retry_policy,
 )
+from relay.dkim import DkimSigner, build_signer
+from relay.events import EventHub, WebhookService
 from relay.ingest import Ingest, IngestLimits
 from relay.log import get_logger
-from relay.net import MxResolver, TlsCertificateStore, certificate_store
+from relay.net import MxResolver, TlsCertificateStore, certificate_store, open_listeners
 from relay.scheduler import Scheduler
 from relay.spool import Spool, open_spool
 from relay.submission import SubmissionService, UserStore
@@ -53,6 +60,10 @@ class Shard:
     submission: SubmissionService
     tls: TlsCertificateStore
     stop: Callable[[], None]
+    dkim: DkimSigner | None = None  # None: DKIM not configured
+    events: EventHub | None = None
+    api: ApiService | None = None  # None: [api] enabled = false
+    webhooks: WebhookService | None = None  # None: no [[api.webhooks]]
 
 
 async def run_shard(
@@ -74,6 +85,7 @@ async def run_shard(
         data_dir=data,
         hostname=cfg.server.hostname,
     )
+    signer = build_signer(cfg)  # keys load once, before anything opens
     started = time.monotonic()
     async with AsyncExitStack() as stack:
         spool = await stack.enter_async_context(
@@ -93,6 +105,7 @@ async def run_shard(
                 max_message_size=cfg.submission.max_message_size,
                 max_recipients=cfg.submission.max_recipients,
             ),
+            signer=signer,
             write_timeout=cfg.spool.write_timeout,
         )
         if resolver is None:
@@ -103,18 +116,22 @@ async def run_shard(
             )
         router = Router(cfg, resolver, mx_port=cfg.delivery.mx_port)
         bounces = BounceGenerator(spool, ingest, reporting_mta=cfg.server.hostname)
-        delivery = DeliveryEngine(cfg, spool, router, bounces=bounces)
+        events = EventHub(spool.get, log_events=cfg.api.log_events)
+        webhooks = WebhookService(cfg.api, spool.aux("webhooks")) if cfg.api.webhooks else None
+        if webhooks is not None:
+            events.subscribe(webhooks.queue)
+        delivery = DeliveryEngine(cfg, spool, router, bounces=bounces, on_event=events.outcome)
         scheduler = Scheduler(
             spool,
             ready_key=router.ready_key,
             on_ready_queue=delivery.on_ready_queue,
-            bounce_hook=bounces,
+            bounce_hook=events.reporting_bounces(bounces),
             destination=destination_policy(cfg.delivery, shard_count=shards, shard_index=shard),
             retry=retry_policy(cfg.delivery),
             max_rcpt_per_txn=cfg.delivery.max_recipients_per_transaction,
         )
         delivery.attach(scheduler)
-        ingest.set_on_stored(scheduler.add)
+        ingest.set_on_stored(events.reporting_stored(scheduler.add))
         recovered = await scheduler.recover()
         log.info(
             "recovered",
@@ -123,14 +140,37 @@ async def run_shard(
             seconds=round(time.monotonic() - started, 3),
         )
         submission = SubmissionService(cfg, ingest, users, tls)
+        api = None
+        if cfg.api.enabled:
+            sockets = await open_listeners([parse_hostport(a) for a in cfg.api.listen])
+            api = ApiService(
+                cfg,
+                shard=shard,
+                ingest=ingest,
+                spool=spool,
+                accounts=accounts,
+                sockets=[listener.socket for listener in sockets],
+                gauges=lambda: _gauges(
+                    spool, ingest, scheduler, delivery, submission, events, webhooks
+                ),
+                listeners_up=lambda: (
+                    submission.connection_statistics() is not None
+                    and not submission.stopped.is_set()
+                ),
+                hub=events,
+            )
         stop_requested = trio.Event()
 
         async with trio.open_nursery() as nursery:
             await nursery.start(scheduler.run)
             await nursery.start(delivery.run)
             await nursery.start(submission.serve)
+            if webhooks is not None:
+                await nursery.start(webhooks.run)
+            if api is not None:
+                await nursery.start(api.serve)
             if handle_signals:
-                nursery.start_soon(_signals, tls, stop_requested)
+                nursery.start_soon(_signals, tls, signer, stop_requested)
             log.info(
                 "ready",
                 shard=shard,
@@ -154,6 +194,10 @@ async def run_shard(
                     submission=submission,
                     tls=tls,
                     stop=stop_requested.set,
+                    dkim=signer,
+                    events=events,
+                    api=api,
+                    webhooks=webhooks,
                 )
             )
             await stop_requested.wait()
@@ -161,15 +205,50 @@ async def run_shard(
             log.info("draining", shard=shard, grace=grace)
             deadline = trio.current_time() + grace
             submission.stop(grace)
+            if api is not None:
+                api.stop()
             await delivery.stop(deadline)
             # Sessions inside a store finish it and get their 250 before we cancel.
             with trio.move_on_at(deadline + 1.0):
                 await submission.stopped.wait()
+                if api is not None:
+                    await api.stopped.wait()
+            if webhooks is not None:
+                with trio.move_on_after(10.0):  # events of the last outcomes, to the queue
+                    await webhooks.close()
             nursery.cancel_scope.cancel()
         log.info("stopped", shard=shard, queued=spool.count_queued())
 
 
-async def _signals(tls: TlsCertificateStore, stop: trio.Event) -> None:
+def _gauges(
+    spool: Spool,
+    ingest: Ingest,
+    scheduler: Scheduler,
+    delivery: DeliveryEngine,
+    submission: SubmissionService,
+    events: EventHub,
+    webhooks: WebhookService | None,
+) -> Gauges:
+    """The shard's figures for /metrics, read from each component's own counters."""
+    engine = delivery.statistics()
+    return Gauges(
+        accepted=ingest.statistics.accepted,
+        rejected=ingest.statistics.rejected,
+        delivered=engine.delivered,
+        deferred=engine.deferred,
+        bounced=engine.bounced,
+        queue_depth=spool.count_queued(),
+        submission_sessions=submission.statistics().active,
+        delivery_sessions=engine.sessions,
+        site_sessions={str(pool.key): pool.sessions for pool in delivery.pools},
+        site_ready_jobs={str(r.key): r.queued for r in scheduler.statistics().ready},
+        events={str(name): count for name, count in events.counts.items()},
+        webhook_queue_records=webhooks.queued_records() if webhooks is not None else {},
+        webhook_posts_failed=webhooks.failed_posts if webhooks is not None else 0,
+    )
+
+
+async def _signals(tls: TlsCertificateStore, signer: DkimSigner | None, stop: trio.Event) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             if signum == signal.SIGHUP:
@@ -178,6 +257,12 @@ async def _signals(tls: TlsCertificateStore, stop: trio.Event) -> None:
                     log.info("tls_reloaded", generation=tls.generation)
                 except Exception as exc:
                     log.error("tls_reload_failed", error=str(exc))
+                if signer is not None:
+                    try:
+                        signer.reload()
+                        log.info("dkim_reloaded", domains=len(signer.domains))
+                    except Exception as exc:
+                        log.error("dkim_reload_failed", error=str(exc))
             else:
                 log.info("stop_requested", signal=signal.Signals(signum).name)
                 stop.set()

@@ -15,6 +15,7 @@ from relay.config import Config, accounts_dir, load_config
 from relay.errors import ConfigError
 
 if TYPE_CHECKING:  # the submission package is heavy to import: load it only when used
+    from relay.api.keys import ApiKey, ApiKeyStore
     from relay.submission.users import User, UserStore
 
 T = TypeVar("T")
@@ -918,6 +919,250 @@ def demo(directory: str, messages: int, sessions: int, workers: int, size: int) 
     if result.accepted != messages or result.delivered < result.accepted:
         raise SystemExit(1)
 
+
+# ======================================================================================
+# relay dkim: signing keys (owner: dkim; relay.dkim does the work)
+# ======================================================================================
+
+
+@main.group("dkim")
+def dkim_group() -> None:
+    """DKIM signing keys (RFC 6376; Ed25519 per RFC 8463)."""
+
+
+@dkim_group.command("keygen")
+@click.argument("domain")
+@click.argument("selector")
+@click.option(
+    "--algorithm",
+    type=click.Choice(["rsa", "ed25519"]),
+    default="rsa",
+    show_default=True,
+    help="rsa (rsa-sha256) or ed25519 (ed25519-sha256).",
+)
+@click.option(
+    "--bits", type=click.IntRange(1024, 4096), default=2048, show_default=True, help="RSA key size."
+)
+@click.option(
+    "--dir",
+    "key_dir",
+    type=click.Path(file_okay=False),
+    default="dkim-keys",
+    show_default=True,
+    help="Key directory (dkim.key_dir); the key goes to DIR/DOMAIN/SELECTOR.ALGORITHM.pem.",
+)
+def dkim_keygen(domain: str, selector: str, algorithm: str, bits: int, key_dir: str) -> None:
+    """Write a new private key for DOMAIN and SELECTOR; print the DNS TXT record.
+
+    The record goes to stdout as a zone-file line; where the key went goes to
+    stderr.  An existing key file is never overwritten.
+    """
+    from relay import dkim
+
+    try:
+        name = dkim.check_domain(domain)
+        dkim.check_selector(selector)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    alg: dkim.Algorithm = "rsa-sha256" if algorithm == "rsa" else "ed25519-sha256"
+    key = dkim.generate_private_key(alg, bits)
+    path = dkim.key_path(key_dir, name, selector, alg)
+    try:
+        dkim.write_private_key(path, key)
+    except FileExistsError:
+        raise click.ClickException(f"{path} exists: choose another selector") from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from None
+    click.echo(f"private key written to {path} (readable by its owner only)", err=True)
+    click.echo(f"publish this TXT record at {selector}._domainkey.{name}:", err=True)
+    click.echo(dkim.dns_zone_record(selector, name, dkim.dns_txt_value(key)))
+
+
+# ======================================================================================
+# end of relay dkim
+# ======================================================================================
+
+
+# ======================================================================================
+# relay config: configuration files (owner: config)
+# ======================================================================================
+
+
+@main.group("config")
+def config_group() -> None:
+    """Configuration files."""
+
+
+@config_group.command("check")
+@click.argument("file", type=click.Path(dir_okay=False))
+def config_check(file: str) -> None:
+    """Validate FILE, with the RELAY_* environment overrides, without starting.
+
+    Also loads what the file points to: the TLS certificate and key, and the DKIM
+    keys.  Exit status 0 and a short summary when all is well; 1 and the error,
+    naming the key and the file, when not.
+    """
+    from relay.dkim import build_signer
+    from relay.log import configure_logging
+
+    configure_logging("warning")
+    try:
+        cfg = load_config(file)
+        if cfg.tls.cert_file:
+            from relay.net import server_context
+
+            try:
+                server_context(cfg.tls.cert_file, cfg.tls.key_file)
+            except ConfigError as exc:
+                raise ConfigError(f"{cfg.source}: tls.cert_file: {exc}") from None
+        signer = build_signer(cfg)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    server, submission = cfg.server, cfg.submission
+    click.echo(f"{cfg.source}: valid")
+    click.echo(
+        f"  server: hostname {server.hostname}, data_dir {server.data_dir}, "
+        f"workers {server.workers or 'one per core'}, shutdown_grace {server.shutdown_grace:g}s"
+    )
+    click.echo(
+        f"  submission: listen {', '.join(submission.listen) or '-'}; "
+        f"listen_tls {', '.join(submission.listen_tls) or '-'}"
+    )
+    api = cfg.api
+    click.echo(f"  api: {'listen ' + ', '.join(api.listen) if api.enabled else 'off'}")
+    click.echo(f"  tls: {cfg.tls.cert_file or 'self-signed certificate (generated)'}")
+    click.echo(f"  routes: {len(cfg.routes)}; egress sources: {len(cfg.egress)}")
+    if signer is None:
+        click.echo("  dkim: off (no keys configured)")
+    else:
+        keys = sum(len(signer.keys_for(d)) for d in signer.domains)
+        click.echo(f"  dkim: {keys} key(s) for {len(signer.domains)} domain(s)")
+
+
+# ======================================================================================
+# end of relay config
+# ======================================================================================
+
+
+# ======================================================================================
+# relay key: API keys of the HTTP API (owner: api)
+# ======================================================================================
+
+
+def _with_api_keys(cfg: Config, action: Callable[[ApiKeyStore], Awaitable[T]]) -> T:
+    from relay.api.keys import ApiKeyError, ApiKeyStore
+    from relay.spool import open_spool
+
+    async def run() -> T:
+        accounts_dir(cfg).mkdir(parents=True, exist_ok=True)
+        async with open_spool(accounts_dir(cfg), map_size=1 << 30) as spool:
+            return await action(ApiKeyStore(spool.aux("apikeys")))
+
+    try:
+        return trio.run(run)
+    except ApiKeyError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.group("key")
+def key_group() -> None:
+    """Manage API keys of the HTTP send API (Authorization: Bearer ...)."""
+
+
+@key_group.command("create")
+@click.option("--tenant", required=True, help="The tenant the key sends for.")
+@click.option(
+    "--domains",
+    required=True,
+    help="Comma-separated sender domains ('.example.com' allows subdomains, '*' any).",
+)
+@click.option(
+    "--rate",
+    "rate_per_minute",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Messages per minute (0 = unlimited).",
+)
+@click.option("--description", default="", help="A note shown by 'relay key list'.")
+@config_option
+@data_dir_option
+def key_create(
+    tenant: str,
+    domains: str,
+    rate_per_minute: int,
+    description: str,
+    config_file: str | None,
+    data_dir: str | None,
+) -> None:
+    """Create a key and print it once (only its hash is stored)."""
+    cfg = _load_cli_config(config_file, data_dir)
+    names = [d.strip() for d in domains.split(",") if d.strip()]
+    key, token = _with_api_keys(
+        cfg,
+        lambda store: store.create(
+            tenant, names, rate_per_minute=rate_per_minute, description=description
+        ),
+    )
+    click.echo(
+        f"created API key {key.id} for tenant {key.tenant}: {', '.join(key.domains)}", err=True
+    )
+    click.echo("the key is shown once; store it now:", err=True)
+    click.echo(token)
+
+
+@key_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@config_option
+@data_dir_option
+def key_list(as_json: bool, config_file: str | None, data_dir: str | None) -> None:
+    """List API keys (never the keys themselves)."""
+    import json
+    from datetime import UTC, datetime
+
+    cfg = _load_cli_config(config_file, data_dir)
+
+    async def listing(store: ApiKeyStore) -> list[ApiKey]:
+        return store.list()
+
+    keys = _with_api_keys(cfg, listing)
+    if as_json:
+        rows = [
+            {
+                "id": k.id,
+                "tenant": k.tenant,
+                "domains": list(k.domains),
+                "rate_per_minute": k.rate_per_minute,
+                "created": k.created,
+                "description": k.description,
+            }
+            for k in keys
+        ]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not keys:
+        click.echo("no API keys")
+        return
+    for k in keys:
+        created = datetime.fromtimestamp(k.created, UTC).strftime("%Y-%m-%d %H:%M")
+        rate = f"{k.rate_per_minute}/min" if k.rate_per_minute else "unlimited"
+        note = f"  ({k.description})" if k.description else ""
+        click.echo(f"{k.id}  {k.tenant}  {','.join(k.domains)}  {rate}  {created}Z{note}")
+
+
+@key_group.command("revoke")
+@click.argument("key_id")
+@config_option
+@data_dir_option
+def key_revoke(key_id: str, config_file: str | None, data_dir: str | None) -> None:
+    """Revoke a key at once, on every shard."""
+    cfg = _load_cli_config(config_file, data_dir)
+    _with_api_keys(cfg, lambda store: store.revoke(key_id))
+    click.echo(f"revoked API key {key_id}")
+
+
+# ======================================================================================
+# end of relay key
+# ======================================================================================
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -21,7 +21,7 @@ import re
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -161,6 +161,79 @@ class DeliveryConfig:
     pools: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # tenant -> sources
 
 
+#: The event vocabulary of the event log and the webhooks (relay.events).
+EventName = Literal["accepted", "delivered", "deferred", "bounced", "expired", "rejected"]
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """One webhook endpoint: event batches are POSTed there, signed with `secret`."""
+
+    url: str = ""  # http:// or https://
+    secret: str = ""  # HMAC-SHA256 key of the X-Relay-Signature header (16+ characters)
+    events: tuple[EventName, ...] = ()  # () = every event
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """The HTTP send API, message status, metrics and webhooks (relay.api, relay.events)."""
+
+    enabled: bool = True
+    listen: tuple[str, ...] = ("127.0.0.1:8025",)  # shared by every shard (SO_REUSEPORT)
+    max_body_size: Size = Size(32 << 20)  # request bodies (JSON with base64 attachments)
+    max_recipients: int = 1000  # per request: to+cc+bcc, or entries of `recipients`
+    max_batch_bytes: Size = Size(256 << 20)  # the messages one batch request builds, together
+    # How far ahead send_at may be; never more than spool.max_age less an hour (the
+    # queue lifetime counts from acceptance: mail needs time left to be delivered).
+    max_send_at_delay: Duration = Duration(3 * 86400.0)
+    idempotency_ttl: Duration = Duration(86400.0)
+    request_timeout: Duration = Duration(60.0)  # waiting for an Idempotency-Key held elsewhere
+    # Events in the structured log: "others" logs those no component logs per recipient
+    # already (bounced, expired, rejected; ingest logs "accepted" and delivery
+    # "delivery.outcome"); "all" logs every event once more as an "event" line.
+    log_events: Literal["all", "others", "none"] = "others"
+    webhooks: tuple[WebhookConfig, ...] = ()
+    webhook_batch_size: int = 100  # events per POST
+    webhook_timeout: Duration = Duration(10.0)  # per POST
+    webhook_retry_min: Duration = Duration(1.0)
+    webhook_retry_max: Duration = Duration(300.0)
+    webhook_retention: Duration = Duration(3 * 86400.0)  # then undeliverable batches drop
+    webhook_flush_interval: Duration = Duration(0.2)  # events gathered per queue write
+
+
+DkimAlgorithm = Literal["rsa-sha256", "ed25519-sha256"]
+
+#: Signed when present (RFC 6376 5.4.1): the fields a reader sees and the ones
+#: that carry the unsubscribe and feedback promises of bulk mail (RFC 8058, RFC 2369).
+DKIM_DEFAULT_HEADERS = (
+    "From", "To", "Cc", "Subject", "Date", "Message-ID", "Reply-To", "MIME-Version",
+    "Content-Type", "Content-Transfer-Encoding", "List-Unsubscribe", "List-Unsubscribe-Post",
+    "Feedback-ID", "In-Reply-To", "References",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DkimKeyConfig:
+    """One signing key: mail of `domain` is signed as d=`domain`, s=`selector`."""
+
+    domain: str = ""
+    selector: str = ""
+    key_file: str = ""  # PEM private key (PKCS#8 or PKCS#1), unencrypted
+    algorithm: DkimAlgorithm = "rsa-sha256"
+
+
+@dataclass(frozen=True)
+class DkimConfig:
+    """DKIM signing at ingest (RFC 6376; Ed25519 per RFC 8463); off without keys."""
+
+    # <key_dir>/<domain>/<selector>.<rsa|ed25519>.pem, or flat:
+    # <key_dir>/<selector>._domainkey.<domain>.<rsa|ed25519>.pem ("" = no directory)
+    key_dir: str = ""
+    keys: tuple[DkimKeyConfig, ...] = ()  # a domain named here ignores key_dir
+    headers: tuple[str, ...] = DKIM_DEFAULT_HEADERS
+    oversign: tuple[str, ...] = ("From",)  # signed once more than present (RFC 6376 5.4.2)
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration."""
@@ -172,6 +245,8 @@ class Config:
     relay_port: RelayPortConfig = field(default_factory=RelayPortConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    dkim: DkimConfig = field(default_factory=DkimConfig)
     routes: tuple[RouteConfig, ...] = ()
     egress: tuple[EgressSourceConfig, ...] = ()
     source: str = "<defaults>"  # where it was loaded from (not a TOML key)
@@ -427,6 +502,84 @@ def _validate(cfg: Config) -> None:
         for s in sources:
             if s not in names:
                 raise bad(f"delivery.pools.{tenant}", f"unknown egress source {s!r}")
+    _validate_api(cfg.api, bad)
+    _validate_dkim(cfg.dkim, bad)
+
+
+def _validate_api(api: ApiConfig, bad: Callable[[str, str], ConfigError]) -> None:
+    for a in api.listen:
+        try:
+            parse_hostport(a)
+        except ValueError as exc:
+            raise bad("api.listen", f"expected {exc}") from None
+    if api.max_recipients < 1:
+        raise bad("api.max_recipients", "must be at least 1")
+    if api.max_body_size < 1024:
+        raise bad("api.max_body_size", "must be at least 1KiB")
+    if api.webhook_batch_size < 1:
+        raise bad("api.webhook_batch_size", "must be at least 1")
+    if api.webhook_retry_min <= 0 or api.webhook_retry_min > api.webhook_retry_max:
+        raise bad("api.webhook_retry_min", "must be above 0 and not exceed webhook_retry_max")
+    if api.webhook_flush_interval <= 0:
+        raise bad("api.webhook_flush_interval", "must be above 0")
+    seen: set[str] = set()
+    for i, hook in enumerate(api.webhooks):
+        if not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", hook.url):
+            raise bad(
+                f"api.webhooks[{i}].url", f"expected an http:// or https:// URL, got {hook.url!r}"
+            )
+        if hook.url in seen:
+            raise bad(f"api.webhooks[{i}].url", f"{hook.url!r} is configured twice")
+        seen.add(hook.url)
+        if len(hook.secret) < 16:
+            raise bad(f"api.webhooks[{i}].secret", "must have at least 16 characters")
+
+
+_HEADER_FIELD_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 2.2
+_DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DKIM_SELECTOR = re.compile(rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*")  # RFC 6376 3.1
+_DOMAIN_NAME = re.compile(rf"(?:{_DNS_LABEL}\.)+{_DNS_LABEL}")
+
+
+def _validate_dkim(dkim: DkimConfig, bad: Callable[[str, str], ConfigError]) -> None:
+    if dkim.key_dir and not Path(dkim.key_dir).is_dir():
+        raise bad("dkim.key_dir", f"no such directory: {dkim.key_dir}")
+    for key, names in (("dkim.headers", dkim.headers), ("dkim.oversign", dkim.oversign)):
+        for i, name in enumerate(names):
+            if not _HEADER_FIELD_NAME.fullmatch(name):
+                raise bad(f"{key}[{i}]", f"{name!r} is not a header field name")
+    if "from" not in {h.lower() for h in dkim.headers}:
+        raise bad("dkim.headers", "must include From (RFC 6376 5.4)")
+    for i, name in enumerate(dkim.oversign):
+        if name.lower() in ("received", "return-path", "dkim-signature"):
+            raise bad(
+                f"dkim.oversign[{i}]",
+                f"{name} is added in transit: oversigning it breaks the signature",
+            )
+    seen: set[tuple[str, str]] = set()
+    for i, entry in enumerate(dkim.keys):
+        domain = entry.domain.strip().rstrip(".").lower()
+        try:
+            ascii_name = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            ascii_name = ""
+        if not _DOMAIN_NAME.fullmatch(ascii_name):
+            raise bad(f"dkim.keys[{i}].domain", f"expected a domain name, got {entry.domain!r}")
+        if not _DKIM_SELECTOR.fullmatch(entry.selector):
+            raise bad(
+                f"dkim.keys[{i}].selector",
+                f"expected dot-separated labels of letters, digits and hyphens (RFC 6376 3.1), got {entry.selector!r}",
+            )
+        if not entry.key_file:
+            raise bad(f"dkim.keys[{i}].key_file", "expected the path of a PEM private key")
+        if not Path(entry.key_file).is_file():
+            raise bad(f"dkim.keys[{i}].key_file", f"no such file: {entry.key_file}")
+        if (ascii_name, entry.algorithm) in seen:
+            raise bad(
+                f"dkim.keys[{i}]",
+                f"a second {entry.algorithm} key for {entry.domain}: one key per algorithm and domain",
+            )
+        seen.add((ascii_name, entry.algorithm))
 
 
 def load_config(
