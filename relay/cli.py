@@ -909,6 +909,9 @@ def demo(directory: str, messages: int, sessions: int, workers: int, size: int) 
     from pathlib import Path
 
     from relay.demo import print_summary, run_demo
+    from relay.log import configure_logging
+
+    configure_logging("warning")  # the sink's own info lines would drown the summary
 
     result = trio.run(
         lambda: run_demo(
