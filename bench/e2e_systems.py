@@ -158,7 +158,8 @@ def _error_lines(path: Path) -> int:
     count = 0
     with suppress(FileNotFoundError), path.open(errors="replace") as log:
         for line in log:
-            if '"level": "error"' in line or '"level": "critical"' in line:
+            compact = line.replace('": "', '":"')  # orjson writes no spaces
+            if '"level":"error"' in compact or '"level":"critical"' in compact:
                 count += 1
     return count
 

@@ -16,19 +16,30 @@ Whatever was not delivered is safe in the spool and the next start picks it up.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
-from relay.api import ApiService, Gauges
+from relay.api import (
+    Activity,
+    AdminFilter,
+    ApiService,
+    DomainOutcomes,
+    Gauges,
+    SiteActivity,
+    SuspensionKind,
+)
 from relay.config import Config, accounts_dir, parse_hostport, shard_dir
 from relay.delivery import (
     BounceGenerator,
     DeliveryEngine,
+    DeliveryEvent,
     Router,
     destination_policy,
     retry_policy,
@@ -38,7 +49,8 @@ from relay.events import EventHub, WebhookService
 from relay.ingest import Ingest, IngestLimits
 from relay.log import get_logger
 from relay.net import MxResolver, TlsCertificateStore, certificate_store, open_listeners
-from relay.scheduler import Scheduler
+from relay.scheduler import MessageFilter, Scheduler
+from relay.scheduler import admin as queue_admin
 from relay.spool import Spool, open_spool
 from relay.submission import SubmissionService, UserStore
 
@@ -120,7 +132,10 @@ async def run_shard(
         webhooks = WebhookService(cfg.api, spool.aux("webhooks")) if cfg.api.webhooks else None
         if webhooks is not None:
             events.subscribe(webhooks.queue)
-        delivery = DeliveryEngine(cfg, spool, router, bounces=bounces, on_event=events.outcome)
+        outcomes = DomainOutcomes() if cfg.api.admin_tokens else None  # for /status
+        delivery = DeliveryEngine(
+            cfg, spool, router, bounces=bounces, on_event=_outcome_hook(events, outcomes)
+        )
         scheduler = Scheduler(
             spool,
             ready_key=router.ready_key,
@@ -158,6 +173,9 @@ async def run_shard(
                     and not submission.stopped.is_set()
                 ),
                 hub=events,
+                admin=None
+                if outcomes is None
+                else _ShardAdmin(spool, scheduler, delivery, outcomes),
             )
         stop_requested = trio.Event()
 
@@ -246,6 +264,86 @@ def _gauges(
         webhook_queue_records=webhooks.queued_records() if webhooks is not None else {},
         webhook_posts_failed=webhooks.failed_posts if webhooks is not None else 0,
     )
+
+
+def _outcome_hook(
+    events: EventHub, outcomes: DomainOutcomes | None
+) -> Callable[[DeliveryEvent], None]:
+    """The delivery engine's `on_event`: the event hub, and the /status figures if on."""
+    if outcomes is None:
+        return events.outcome
+
+    def report(event: DeliveryEvent) -> None:
+        outcomes.note(event)
+        events.outcome(event)
+
+    return report
+
+
+class _ShardAdmin:
+    """The admin API's queue operations (relay.api.AdminOps) on this shard.
+
+    The same functions as `relay queue ...` (relay.scheduler.admin), applied to the
+    shard's own spool with its live scheduler, so a change takes effect at once.
+    """
+
+    def __init__(
+        self, spool: Spool, scheduler: Scheduler, delivery: DeliveryEngine, outcomes: DomainOutcomes
+    ) -> None:
+        self._spool = spool
+        self._scheduler = scheduler
+        self._delivery = delivery
+        self._outcomes = outcomes
+
+    def summary(self) -> dict[str, Any]:
+        return dataclasses.asdict(queue_admin.summary(self._spool))
+
+    async def suspend(
+        self, kind: SuspensionKind, name: str, duration: float | None, reason: str
+    ) -> dict[str, Any]:
+        suspension = await queue_admin.suspend(
+            self._spool, kind, name, reason=reason, duration=duration, scheduler=self._scheduler
+        )
+        return dataclasses.asdict(suspension)
+
+    async def resume(self, kind: SuspensionKind, name: str) -> bool:
+        return await queue_admin.resume(self._spool, kind, name, scheduler=self._scheduler)
+
+    async def retry(self, selection: AdminFilter) -> list[str]:
+        chosen = MessageFilter(**dataclasses.asdict(selection))
+        return await queue_admin.retry_now(self._spool, chosen, scheduler=self._scheduler)
+
+    async def bounce(self, selection: AdminFilter, reason: str, everything: bool) -> int:
+        chosen = MessageFilter(**dataclasses.asdict(selection))
+        return await queue_admin.bounce(
+            self._spool, chosen, reason=reason, everything=everything, scheduler=self._scheduler
+        )
+
+    def activity(self) -> Activity:
+        engine = self._delivery.statistics()
+        sessions = {str(pool.key): pool.sessions for pool in self._delivery.pools}
+        ready = {str(r.key): r for r in self._scheduler.statistics().ready}
+        sites = []
+        for name in sorted(sessions.keys() | ready.keys()):
+            r = ready.get(name)
+            sites.append(
+                SiteActivity(
+                    name=name,
+                    sessions=sessions.get(name, 0),
+                    queued=r.queued if r else 0,
+                    window=r.concurrency if r else 0,
+                    dead=r.dead if r else False,
+                )
+            )
+        return Activity(
+            queued=self._spool.count_queued(),
+            delivered=engine.delivered,
+            deferred=engine.deferred,
+            bounced=engine.bounced,
+            sessions=engine.sessions,
+            sites=tuple(sites),
+            domains=self._outcomes.snapshot(),
+        )
 
 
 async def _signals(tls: TlsCertificateStore, signer: DkimSigner | None, stop: trio.Event) -> None:

@@ -199,6 +199,9 @@ class ApiConfig:
     webhook_retry_max: Duration = Duration(300.0)
     webhook_retention: Duration = Duration(3 * 86400.0)  # then undeliverable batches drop
     webhook_flush_interval: Duration = Duration(0.2)  # events gathered per queue write
+    # Bearer tokens of the admin API (/admin/v1/...) and the /status page's data; any
+    # one of them is accepted (several allow rotation).  Empty: the admin API is off (404).
+    admin_tokens: tuple[str, ...] = ()
 
 
 DkimAlgorithm = Literal["rsa-sha256", "ed25519-sha256"]
@@ -533,6 +536,12 @@ def _validate_api(api: ApiConfig, bad: Callable[[str, str], ConfigError]) -> Non
         seen.add(hook.url)
         if len(hook.secret) < 16:
             raise bad(f"api.webhooks[{i}].secret", "must have at least 16 characters")
+    for i, token in enumerate(api.admin_tokens):
+        if len(token) < 16 or not token.isascii() or not token.isprintable() or " " in token:
+            raise bad(
+                f"api.admin_tokens[{i}]",
+                "must be at least 16 printable ASCII characters, no spaces",
+            )
 
 
 _HEADER_FIELD_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 2.2

@@ -11,6 +11,7 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any
 
+import orjson
 import structlog
 
 _SECRET_WORDS = ("password", "passwd", "secret", "token", "credential", "api_key", "auth_data")
@@ -36,10 +37,22 @@ def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutabl
 
 
 def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
-    """Configure structlog for the process (idempotent)."""
+    """Configure structlog for the process (idempotent).
+
+    JSON lines are rendered with orjson straight to bytes (the accounting records are
+    on the per-message path); each line is one write, message and newline together,
+    so shards sharing stderr never interleave halves of lines.
+    """
     if json is None:
         json = not sys.stderr.isatty()
-    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    renderer: Any
+    factory: Any
+    if json:
+        renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+        factory = structlog.BytesLoggerFactory(file=sys.stderr.buffer)
+    else:
+        renderer = structlog.dev.ConsoleRenderer()
+        factory = structlog.WriteLoggerFactory(file=sys.stderr)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -52,11 +65,14 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        # One write per line (message + newline together), so shards sharing stderr
-        # never interleave halves of lines.
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+        logger_factory=factory,
         cache_logger_on_first_use=False,
     )
+
+
+def _orjson_dumps(event: Any, **_kw: Any) -> bytes:
+    # default=str: exceptions, paths and other objects are logged by their text.
+    return orjson.dumps(event, default=str, option=orjson.OPT_NON_STR_KEYS)
 
 
 def get_logger(name: str) -> Any:

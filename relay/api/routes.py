@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from relay.api.admin import AdminSetup, admin_routes
 from relay.api.compose import (
     Limits,
     Options,
@@ -73,6 +74,7 @@ class ApiContext:
     max_age: float = float("inf")  # the spool's queue lifetime (caps send_at)
     clock: Callable[[], float] = time.time
     draining: Callable[[], bool] = field(default=lambda: False)
+    admin: AdminSetup | None = None  # None: no admin tokens, no admin API (404)
 
     @property
     def limits(self) -> Limits:
@@ -372,8 +374,17 @@ def create_app(ctx: ApiContext) -> Starlette:
         _log.error("api.unhandled", path=request.url.path, error=repr(exc), exc_info=exc)
         return _json(500, {"error": {"type": ERROR_TYPES[500], "message": "internal error"}})
 
+    extra = []
+    if ctx.admin is not None:
+
+        async def read_json(request: Request) -> Any:
+            return await _read_json(ctx, request)
+
+        extra = admin_routes(ctx.admin, ctx.finder, read_json=read_json, answer=_json)
+
     return Starlette(
         routes=[
+            *extra,
             Route("/v1/messages", post_message, methods=["POST"]),
             Route("/v1/messages/raw", post_raw, methods=["POST"]),
             Route("/v1/messages/{message_id}", get_message, methods=["GET"]),

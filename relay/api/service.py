@@ -8,8 +8,9 @@ answers 503 and new sends 503 at once, Hypercorn stops accepting and gives the
 requests in progress `grace` seconds; a send already storing finishes anyway (it
 is shielded and bounded by the spool's write deadline).
 
-Besides serving, the service runs the idempotency purger and the writer of this
-shard's metrics snapshot (relay.api.metrics).
+Besides serving, the service runs the idempotency purger, the writer of this
+shard's metrics snapshot (relay.api.metrics) and, when the admin API is on
+(``api.admin_tokens`` and the shard's `AdminOps`), the sampler of /status.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.typing import ASGIFramework
 
+from relay.api.admin import AdminAuth, AdminOps, AdminSetup
+from relay.api.dashboard import StatusBoard
 from relay.api.idempotency import IdempotencyStore
 from relay.api.keys import ApiKeyStore
 from relay.api.metrics import Gauges, MetricsBoard
@@ -66,6 +69,7 @@ class ApiService:
         gauges: Callable[[], Gauges],
         listeners_up: Callable[[], bool],
         hub: EventHub | None = None,
+        admin: AdminOps | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
@@ -89,6 +93,11 @@ class ApiService:
         self._stop = trio.Event()
         self.stopped = trio.Event()
         self._probe_ok_until = 0.0
+        self.status_board: StatusBoard | None = None
+        setup = None
+        if admin is not None and config.api.admin_tokens:
+            self.status_board = StatusBoard(admin.activity, shard=shard, clock=clock)
+            setup = AdminSetup(admin, AdminAuth(config.api.admin_tokens), self.status_board, shard)
         self.context = ApiContext(
             config=config.api,
             ingest=ingest,
@@ -101,6 +110,7 @@ class ApiService:
             max_age=config.spool.max_age,
             clock=clock,
             draining=lambda: self.draining,
+            admin=setup,
         )
         self.app = create_app(self.context)
 
@@ -121,6 +131,8 @@ class ApiService:
                 sock.close()  # Hypercorn serves the duplicates
             async with trio.open_nursery() as background:
                 background.start_soon(self.metrics.run)
+                if self.status_board is not None:
+                    background.start_soon(self.status_board.run)
                 background.start_soon(
                     partial(
                         self.idempotency.run_purger,
