@@ -40,7 +40,7 @@ class ServerConfig:
 
     hostname: str = "relay.localhost"  # greeting, EHLO and Received name; never from DNS
     data_dir: str = "relay-data"
-    workers: int = 1  # shard processes; 0 = one per core
+    workers: int = 0  # shard processes; 0 = one per core (the default)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool | None = None  # None: JSON when stderr is not a terminal
     shutdown_grace: Duration = Duration(25.0)
