@@ -35,7 +35,7 @@ from relay.api import (
     SiteActivity,
     SuspensionKind,
 )
-from relay.config import Config, accounts_dir, parse_hostport, shard_dir
+from relay.config import ACCOUNTS_MAP_SIZE, Config, accounts_dir, parse_hostport, shard_dir
 from relay.delivery import (
     BounceGenerator,
     DeliveryEngine,
@@ -108,7 +108,9 @@ async def run_shard(
                 completed_ttl=cfg.spool.completed_ttl,
             )
         )
-        accounts = await stack.enter_async_context(open_spool(accounts_dir(cfg), map_size=1 << 30))
+        accounts = await stack.enter_async_context(
+            open_spool(accounts_dir(cfg), map_size=ACCOUNTS_MAP_SIZE)
+        )
         users = UserStore(accounts.aux("users"))
         ingest = Ingest(
             spool,

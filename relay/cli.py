@@ -11,7 +11,7 @@ import click
 import trio
 
 from relay import __version__
-from relay.config import Config, accounts_dir, load_config
+from relay.config import ACCOUNTS_MAP_SIZE, Config, accounts_dir, load_config
 from relay.errors import ConfigError
 
 if TYPE_CHECKING:  # the submission package is heavy to import: load it only when used
@@ -62,7 +62,7 @@ def _with_users(cfg: Config, action: Callable[[UserStore], Awaitable[T]]) -> T:
 
     async def run() -> T:
         accounts_dir(cfg).mkdir(parents=True, exist_ok=True)
-        async with open_spool(accounts_dir(cfg)) as spool:
+        async with open_spool(accounts_dir(cfg), map_size=ACCOUNTS_MAP_SIZE) as spool:
             return await action(UserStore(spool.aux("users")))
 
     try:
@@ -1058,7 +1058,7 @@ def _with_api_keys(cfg: Config, action: Callable[[ApiKeyStore], Awaitable[T]]) -
 
     async def run() -> T:
         accounts_dir(cfg).mkdir(parents=True, exist_ok=True)
-        async with open_spool(accounts_dir(cfg), map_size=1 << 30) as spool:
+        async with open_spool(accounts_dir(cfg), map_size=ACCOUNTS_MAP_SIZE) as spool:
             return await action(ApiKeyStore(spool.aux("apikeys")))
 
     try:

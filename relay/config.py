@@ -631,6 +631,11 @@ def shard_dir(cfg: Config, shard: int) -> Path:
     return spool_root(cfg) / f"shard-{shard}"
 
 
+#: Map size of the accounts environment (users, API keys, idempotency keys). Every process
+#: opening it must use the same size (LMDB), so they all take this one.
+ACCOUNTS_MAP_SIZE = 1 << 30
+
+
 def accounts_dir(cfg: Config) -> Path:
     """The LMDB environment beside the spool that holds users and API keys (all shards)."""
     return cfg.data_path / "accounts"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import trio
 
-from relay.config import accounts_dir
+from relay.config import ACCOUNTS_MAP_SIZE, accounts_dir
 from relay.loadgen import SinkConfig, open_sink
 from relay.loadgen.send import run_send
 from relay.loadgen.sendconfig import SendConfig
@@ -82,7 +82,7 @@ async def _add_user(data_dir: Path, config_path: Path, password: str) -> None:
 
     cfg = load_config(config_path, env={})
     accounts_dir(cfg).mkdir(parents=True, exist_ok=True)
-    async with open_spool(accounts_dir(cfg), map_size=1 << 30) as spool:
+    async with open_spool(accounts_dir(cfg), map_size=ACCOUNTS_MAP_SIZE) as spool:
         users = UserStore(spool.aux("users"))
         await users.add("demo", password, tenant="demo", sender_domains=("demo.test",))
 
