@@ -126,6 +126,9 @@ class ServerConfig:
     require_auth_for_mail: bool = False
     max_recipients: int = RECIPIENT_LIMIT
     max_errors: int = 20
+    # Beyond this many RSET/NOOP/HELP/VRFY in a session each one counts as an error
+    # (as Postfix's smtpd_junk_command_limit): cycling them cannot hold a session open.
+    junk_command_limit: int = 100
     bare_line_ending: Literal["reject", "normalize"] = "reject"
     command_line_limit: int = COMMAND_LINE_LIMIT
     auth_line_limit: int = AUTH_LINE_LIMIT
@@ -139,6 +142,8 @@ class ServerConfig:
             raise ValueError(f"unsupported AUTH mechanisms: {sorted(unknown)}")
         if self.bare_line_ending not in ("reject", "normalize"):
             raise ValueError("bare_line_ending must be 'reject' or 'normalize'")
+        if self.junk_command_limit < 0:
+            raise ValueError("junk_command_limit must not be negative (0: no limit)")
         if self.max_message_size < 0 or self.max_recipients < 1 or self.max_errors < 0:
             raise ValueError("limits must not be negative (max_recipients at least 1)")
         if self.command_line_limit < COMMAND_LINE_LIMIT:
@@ -253,6 +258,7 @@ class ServerConnection:
         self._eof = False
         self._early = False
         self._errors = 0
+        self._junk = 0
         self._close_reason: CloseReason = "eof"
         self._failure: RemoteProtocolError | None = None
         self._pending: ServerEvent | None = None
@@ -544,6 +550,16 @@ class ServerConnection:
             self._reply((421, "4.7.0", f"{self.config.hostname} Too many errors"))
             self._close("errors")
 
+    def _junk_command(self) -> None:
+        """Count a command that moves no mail; past the limit it counts as an error."""
+        self._junk += 1
+        limit = self.config.junk_command_limit
+        if limit and self._junk > limit:
+            self._errors += 1
+            if self.config.max_errors and self._errors >= self.config.max_errors:
+                self._reply((421, "4.7.0", f"{self.config.hostname} Too many errors"))
+                self._close("errors")
+
     def _fail(self, canned: _Canned) -> RemoteProtocolError:
         """Enter the ERROR state: the session cannot continue."""
         code, enhanced, text = canned
@@ -623,7 +639,9 @@ class ServerConnection:
 
     def _hello_command(self, verb: Literal["EHLO", "HELO"], arg: str) -> ServerEvent | None:
         name = arg.strip(" ")
-        if not name or " " in name:
+        # RFC 5321 4.1.1.1: a domain or address literal; never control characters, which
+        # would be echoed into our reply and the Received header.
+        if not name or any(c <= " " or c == "\x7f" for c in name):
             self._error((501, "5.5.4", f"Syntax: {verb} hostname"))
             return None
         # RFC 5321 4.1.4: EHLO/HELO cancels any transaction and the previous hello.
@@ -837,14 +855,17 @@ class ServerConnection:
         else:
             self._reset_transaction()
             self._reply((250, "2.0.0", "OK"))
+            self._junk_command()
         return None
 
     def _noop(self, arg: str) -> ServerEvent | None:
         self._reply((250, "2.0.0", "OK"))
+        self._junk_command()
         return None
 
     def _help(self, arg: str) -> ServerEvent | None:
         self._reply((214, "2.0.0", _HELP_TEXT))
+        self._junk_command()
         return None
 
     def _vrfy(self, arg: str) -> ServerEvent | None:
@@ -852,6 +873,7 @@ class ServerConnection:
             self._error((501, "5.5.4", "Syntax: VRFY address"))
         else:  # RFC 5321 3.5.3: 252, neither confirming nor denying
             self._reply((252, "2.5.0", "Cannot VRFY user, but will accept message"))
+            self._junk_command()
         return None
 
     def _quit(self, arg: str) -> ServerEvent | None:

@@ -941,3 +941,22 @@ def test_misuse_of_greeting_tls_and_shutdown() -> None:
 def test_invalid_configs(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         ServerConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_junk_commands_beyond_the_limit_count_as_errors() -> None:
+    # A client cycling NOOP/RSET/VRFY/HELP cannot hold a session open forever
+    # (as Postfix's smtpd_junk_command_limit).
+    conn = greeted(ServerConfig(hostname="mx.test", junk_command_limit=3, max_errors=2))
+    events, replies = run(conn, b"EHLO c.test\r\n" + b"NOOP\r\n" * 3 + b"RSET\r\nVRFY x\r\n")
+    codes = [r.code for r in replies]
+    assert codes[:4] == [250, 250, 250, 250]
+    assert codes[-1] == 421
+    assert isinstance(events[-1], ConnectionClosed) and events[-1].reason == "errors"
+
+
+@pytest.mark.parametrize("name", ["c\x00.test", "c\x1b[31m.test", "c\x7f.test", "c\t.test"])
+def test_hello_name_with_control_characters_is_refused_rfc5321_4_1_1_1(name: str) -> None:
+    conn = greeted()
+    events, replies = run(conn, f"EHLO {name}\r\n".encode())
+    assert [r.code for r in replies] == [501]
+    assert not any(isinstance(e, Hello) for e in events)
