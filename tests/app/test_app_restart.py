@@ -156,5 +156,7 @@ async def test_restart_mid_delivery_loses_nothing(tmp_path: Path, sig: signal.Si
     if sig is signal.SIGTERM:
         assert duplicates == 0  # a drain finishes or releases every transaction
     else:
-        # Only transactions in flight at the kill may repeat: at most one per session.
-        assert duplicates <= 4
+        # Only messages in flight at the kill may repeat: those in a session's
+        # transaction and those delivered whose outcome was not yet committed to the
+        # spool (reports go through group commit, milliseconds behind the 250).
+        assert duplicates <= 50
