@@ -353,7 +353,14 @@ def openapi_document() -> dict[str, Any]:
             "to configured webhooks as JSON arrays of Event objects.",
         },
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "adminBearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "One of api.admin_tokens (not an API key).",
+                },
+            },
             "schemas": _SCHEMAS,
         },
         "paths": {
@@ -411,5 +418,121 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            **_admin_paths(),
+        },
+    }
+
+
+def _admin_paths() -> dict[str, Any]:
+    """The admin API (Bearer admin token; 404 everywhere when no token is configured)."""
+    security: list[dict[str, list[str]]] = [{"adminBearer": []}]
+    obj: dict[str, Any] = {"type": "object"}
+    errors = {
+        "401": _error("No admin token, or a wrong one."),
+        "404": _error("The admin API is off (no api.admin_tokens), or no such item."),
+        "422": _error("A field is wrong; the error names it."),
+    }
+    selection = {
+        "type": "object",
+        "description": "Queued messages matching every given field.",
+        "properties": {
+            "ids": {"type": "array", "items": {"type": "string"}},
+            "domain": {"type": "string"},
+            "tenant": {"type": "string"},
+            "campaign": {"type": "string"},
+            "sender": {"type": "string"},
+            "older_than": {"type": "number", "description": "Seconds since acceptance."},
+        },
+        "additionalProperties": False,
+    }
+    everything = {
+        "type": "boolean",
+        "description": "Required (true) with an empty filter, which selects every message.",
+    }
+
+    def body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+        schema = {
+            "type": "object",
+            "properties": properties,
+            "required": required,
+            "additionalProperties": False,
+        }
+        return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+    def ok(description: str, status: str = "200") -> dict[str, Any]:
+        return {
+            status: {"description": description, "content": {"application/json": {"schema": obj}}}
+        }
+
+    def path_param(name: str) -> dict[str, Any]:
+        return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+    return {
+        "/admin/v1/queue/summary": {
+            "get": {
+                "summary": "This shard's queue by state, domain and tenant; suspensions.",
+                "security": security,
+                "responses": {**ok("The summary."), **errors},
+            }
+        },
+        "/admin/v1/messages/{message_id}": {
+            "get": {
+                "summary": "Any message on this host (every shard), whatever its tenant.",
+                "security": security,
+                "parameters": [path_param("message_id")],
+                "responses": {**ok("The message, as GET /v1/messages/{id}."), **errors},
+            }
+        },
+        "/admin/v1/suspensions": {
+            "post": {
+                "summary": "Suspend delivery for a domain or a tenant (on this shard).",
+                "security": security,
+                "requestBody": body(
+                    {
+                        "kind": {"enum": ["domain", "tenant"]},
+                        "name": {"type": "string"},
+                        "duration": {
+                            "type": "number",
+                            "description": "Seconds; none: until resumed.",
+                        },
+                        "reason": {"type": "string"},
+                    },
+                    ["kind", "name"],
+                ),
+                "responses": {**ok("Suspended.", "201"), **errors},
+            }
+        },
+        "/admin/v1/suspensions/{kind}/{name}": {
+            "delete": {
+                "summary": "Resume a suspended domain or tenant.",
+                "security": security,
+                "parameters": [path_param("kind"), path_param("name")],
+                "responses": {**ok("Resumed."), **errors},
+            }
+        },
+        "/admin/v1/retry": {
+            "post": {
+                "summary": "Make matching messages due now.",
+                "security": security,
+                "requestBody": body({"filter": selection, "all": everything}, []),
+                "responses": {**ok("How many were made due, and (some of) their ids."), **errors},
+            }
+        },
+        "/admin/v1/bounce": {
+            "post": {
+                "summary": "Bounce the pending recipients of matching messages (DSNs follow).",
+                "security": security,
+                "requestBody": body(
+                    {"filter": selection, "all": everything, "reason": {"type": "string"}}, []
+                ),
+                "responses": {**ok("How many recipients were bounced."), **errors},
+            }
+        },
+        "/admin/v1/status.json": {
+            "get": {
+                "summary": "The data behind the /status page.",
+                "security": security,
+                "responses": {**ok("Queue depth samples, rates, sites, recent errors."), **errors},
+            }
         },
     }

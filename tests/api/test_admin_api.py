@@ -214,3 +214,22 @@ def test_admin_tokens_are_checked_at_start(tmp_path: Path) -> None:
         load_config(path)
     path.write_text(f'[api]\nadmin_tokens = ["{ADMIN}"]\n')
     assert load_config(path).api.admin_tokens == (ADMIN,)
+
+
+def test_every_admin_route_is_in_the_openapi_document() -> None:
+    from relay.api.openapi import openapi_document
+
+    paths = openapi_document()["paths"]
+    expected = {
+        ("/admin/v1/queue/summary", "get"),
+        ("/admin/v1/messages/{message_id}", "get"),
+        ("/admin/v1/suspensions", "post"),
+        ("/admin/v1/suspensions/{kind}/{name}", "delete"),
+        ("/admin/v1/retry", "post"),
+        ("/admin/v1/bounce", "post"),
+        ("/admin/v1/status.json", "get"),
+    }
+    for path, method in expected:
+        operation = paths[path][method]
+        assert operation["security"] == [{"adminBearer": []}]
+        assert "401" in operation["responses"]
