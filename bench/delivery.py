@@ -39,15 +39,10 @@ from relay.model import NewMessage
 from relay.net.dns import MxResolver
 from relay.scheduler import Scheduler
 from relay.spool import open_spool
+from relay.testing.ports import free_port
 
 SMTP_SINK = Path("/usr/sbin/smtp-sink")
 SENDER = "bench@relay.test"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def start_destination(port: int) -> tuple[subprocess.Popen[bytes], str]:

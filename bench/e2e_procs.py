@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from relay.testing.ports import free_port
 
 __all__ = [
     "CLOCK_TICKS",
@@ -37,14 +38,6 @@ __all__ = [
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PROC = Path("/proc")
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _stat_fields(pid: int) -> list[str] | None:

@@ -29,6 +29,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from relay.testing.ports import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 SMTP_SOURCE = Path("/usr/sbin/smtp-source")
 SMTP_SINK = Path("/usr/sbin/smtp-sink")
@@ -56,13 +58,6 @@ class Result:
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:

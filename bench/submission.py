@@ -65,6 +65,7 @@ from relay.proto import (
 )
 from relay.spool import open_spool
 from relay.submission import SubmissionListeners, SubmissionService, UserStore
+from relay.testing.ports import free_port
 from relay.testing.tls import make_tls_files
 
 SMTP_SINK = "/usr/sbin/smtp-sink"
@@ -288,13 +289,6 @@ def relay_scenarios(args: argparse.Namespace, content: bytes) -> list[Row]:
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     return rows
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def sink_scenario(args: argparse.Namespace, content: bytes) -> Row | None:

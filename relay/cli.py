@@ -16,6 +16,7 @@ from relay.errors import ConfigError
 
 if TYPE_CHECKING:  # the submission package is heavy to import: load it only when used
     from relay.api.keys import ApiKey, ApiKeyStore
+    from relay.spool import Spool
     from relay.submission.users import User, UserStore
 
 T = TypeVar("T")
@@ -56,19 +57,28 @@ data_dir_option = click.option(
 )
 
 
-def _with_users(cfg: Config, action: Callable[[UserStore], Awaitable[T]]) -> T:
+def _with_accounts(
+    cfg: Config, action: Callable[[Spool], Awaitable[T]], errors: tuple[type[Exception], ...]
+) -> T:
+    """Run `action` on the accounts environment (users, API keys); `errors` become
+    click errors with their message."""
     from relay.spool import open_spool
-    from relay.submission.users import UserError, UserStore
 
     async def run() -> T:
         accounts_dir(cfg).mkdir(parents=True, exist_ok=True)
         async with open_spool(accounts_dir(cfg), map_size=ACCOUNTS_MAP_SIZE) as spool:
-            return await action(UserStore(spool.aux("users")))
+            return await action(spool)
 
     try:
         return trio.run(run)
-    except UserError as exc:
+    except errors as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _with_users(cfg: Config, action: Callable[[UserStore], Awaitable[T]]) -> T:
+    from relay.submission.users import UserError, UserStore
+
+    return _with_accounts(cfg, lambda spool: action(UserStore(spool.aux("users"))), (UserError,))
 
 
 def _read_password(password_stdin: bool) -> tuple[str, bool]:
@@ -1054,17 +1064,10 @@ def config_check(file: str) -> None:
 
 def _with_api_keys(cfg: Config, action: Callable[[ApiKeyStore], Awaitable[T]]) -> T:
     from relay.api.keys import ApiKeyError, ApiKeyStore
-    from relay.spool import open_spool
 
-    async def run() -> T:
-        accounts_dir(cfg).mkdir(parents=True, exist_ok=True)
-        async with open_spool(accounts_dir(cfg), map_size=ACCOUNTS_MAP_SIZE) as spool:
-            return await action(ApiKeyStore(spool.aux("apikeys")))
-
-    try:
-        return trio.run(run)
-    except ApiKeyError as exc:
-        raise click.ClickException(str(exc)) from None
+    return _with_accounts(
+        cfg, lambda spool: action(ApiKeyStore(spool.aux("apikeys"))), (ApiKeyError,)
+    )
 
 
 @main.group("key")

@@ -13,10 +13,10 @@ import email.utils
 import re
 from collections.abc import Sequence
 
+from relay.ingest import header_block
 from relay.model import MessageMeta, Recipient
 
 _ENHANCED = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
 MAX_HEADER_BYTES = 64 * 1024
 
 
@@ -72,9 +72,11 @@ def build_dsn(
             f"Arrival-Date: {email.utils.formatdate(meta.created, usegmt=True)}",
         ]
     )
-    m = _HEADER_END.search(original_headers)
-    headers = original_headers[: m.start()] if m else original_headers
-    headers = headers[:MAX_HEADER_BYTES].replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    headers = (
+        header_block(original_headers)[:MAX_HEADER_BYTES]
+        .replace(b"\r\n", b"\n")
+        .replace(b"\n", b"\r\n")
+    )
     head = "\r\n".join(
         [
             f"From: Mail Delivery System <MAILER-DAEMON@{reporting_mta}>",

@@ -3,7 +3,7 @@
 Theory of operation: every lookup is one (name, type) question answered by
 `_lookup`, which consults a TTL cache, joins a lookup for the same question
 already in flight (thousands of queued messages for one new domain cost one
-query), and otherwise asks the name servers with dnspython's async stub
+query), and otherwise asks the name servers with dnspython's async
 resolver on its trio backend (passed explicitly: dnspython would otherwise pick
 a backend by sniffing the running library).  Outcomes are cached as plain
 values - records, "no such domain" or a temporary failure - for the answer's

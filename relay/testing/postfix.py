@@ -17,7 +17,6 @@ import os
 import pwd
 import re
 import signal
-import socket
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator
@@ -26,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trio
+
+from relay.testing.ports import free_port
 
 POSTFIX = "/usr/sbin/postfix"
 _START_TIMEOUT = 30.0
@@ -99,12 +100,6 @@ _SENT = re.compile(rb"\bstatus=sent\b")
 def postfix_available() -> bool:
     """True when Postfix is installed and can be started (we are root)."""
     return os.access(POSTFIX, os.X_OK) and os.geteuid() == 0
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -219,7 +214,7 @@ async def open_postfix(
         path.mkdir(parents=True, exist_ok=True)
     owner = pwd.getpwnam("postfix")
     os.chown(data, owner.pw_uid, owner.pw_gid)  # master.lock and caches live there
-    port = port or _free_port(host)
+    port = port or free_port(host)
     transport = (
         f"relayhost = {relayhost}"
         if relayhost

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,15 +22,9 @@ from relay.api.keys import ApiKeyStore
 from relay.config import accounts_dir, load_config, shard_dir
 from relay.loadgen import SinkConfig, open_sink
 from relay.spool import open_spool
+from relay.testing.ports import free_port
 
 MESSAGES = 40
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def write_config(tmp_path: Path, sink_port: int, api_port: int) -> Path:

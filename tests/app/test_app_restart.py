@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,16 +25,10 @@ from relay.loadgen.sendconfig import SendConfig
 from relay.loadgen.sendreport import AcceptedMessage
 from relay.spool import open_spool
 from relay.submission.users import UserStore
+from relay.testing.ports import free_port
 
 MESSAGES = 10_000
 PASSWORD = "restart-test-password"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def write_config(tmp_path: Path, sink_port: int, submission_port: int) -> Path:

@@ -16,17 +16,11 @@ from relay.loadgen import SinkConfig, open_sink
 from relay.loadgen.send import run_send
 from relay.loadgen.sendconfig import SendConfig
 from relay.loadgen.sendreport import AcceptedMessage
+from relay.testing.ports import free_port
 
 SMTP_SINK = Path("/usr/sbin/smtp-sink")
 SMTP_SOURCE = Path("/usr/sbin/smtp-source")
 SAFETY = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture
